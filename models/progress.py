@@ -1,0 +1,81 @@
+"""Interruption flag and progress reporting shared by every long operation.
+
+Node code, samplers and model loaders live below the executor, so they cannot
+call it. Instead they poll `check_interrupted()` and report through
+`report_progress()`; the executor installs the hook that turns reports into
+WebSocket `progress` events and sets the flag when a user interrupts.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+
+class InterruptedError_(Exception):
+    """Raised inside a running node when the user interrupts the job."""
+
+
+# ComfyUI's name for it; custom nodes catch `comfy.model_management.InterruptProcessingException`.
+InterruptProcessingException = InterruptedError_
+
+_interrupt = threading.Event()
+
+
+def request_interrupt(value: bool = True) -> None:
+    if value:
+        _interrupt.set()
+    else:
+        _interrupt.clear()
+
+
+def interrupt_requested() -> bool:
+    return _interrupt.is_set()
+
+
+def check_interrupted() -> None:
+    """Raise InterruptProcessingException (clearing the flag) if an interrupt is pending."""
+    if _interrupt.is_set():
+        _interrupt.clear()
+        raise InterruptProcessingException()
+
+
+# hook(value, total, preview, node_id) -> None; preview is None or
+# ("JPEG"|"PNG", PIL.Image, max_size)
+ProgressHook = Callable[[float, float, Optional[tuple], Optional[str]], None]
+_hook: Optional[ProgressHook] = None
+
+
+def set_progress_hook(hook: Optional[ProgressHook]) -> None:
+    global _hook
+    _hook = hook
+
+
+def get_progress_hook() -> Optional[ProgressHook]:
+    return _hook
+
+
+def report_progress(value: float, total: float, preview=None, node_id: str | None = None) -> None:
+    """Report progress of the current node; also the place where interrupts are noticed."""
+    check_interrupted()
+    if _hook is not None:
+        _hook(value, total, preview, node_id)
+
+
+class ProgressBar:
+    """ComfyUI's comfy.utils.ProgressBar: `update(n)`, `update_absolute(value, total, preview)`."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.total = total
+        self.current = 0
+        self.node_id = node_id
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        if value > self.total:
+            value = self.total
+        self.current = value
+        report_progress(self.current, self.total, preview, self.node_id)
+
+    def update(self, value):
+        self.update_absolute(self.current + value)

@@ -1,0 +1,10 @@
+"""Node classes users wire together, grouped by subject, and the registry.
+
+This package is also what custom node packs reach as `import nodes`:
+`nodes.NODE_CLASS_MAPPINGS`, `nodes.NODE_DISPLAY_NAME_MAPPINGS`, `nodes.MAX_RESOLUTION`.
+"""
+from nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register  # noqa: F401
+from nodes.constants import MAX_RESOLUTION  # noqa: F401
+from nodes import builtin as _builtin
+
+_builtin.register_all()

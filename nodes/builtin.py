@@ -1,0 +1,22 @@
+"""Registers every built-in node module. Each subject module exports NODE_CLASS_MAPPINGS
+(and optionally NODE_DISPLAY_NAME_MAPPINGS); add new modules to BUILTIN_MODULES."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from nodes.registry import register
+
+# (module, python_module reported in /object_info)
+BUILTIN_MODULES: list[tuple[str, str]] = [
+]
+
+
+def register_all() -> None:
+    for mod_name, reported in BUILTIN_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except Exception:
+            logging.exception("built-in node module %s failed to import", mod_name)
+            continue
+        register(mod.NODE_CLASS_MAPPINGS, getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", None), reported)

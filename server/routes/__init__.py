@@ -1,0 +1,1 @@
+"""One module per resource; each exports `routes` (core) and/or `internal_routes`."""
