@@ -83,3 +83,30 @@ def test_timestep_roundtrip(ms):
     lcm = DiscreteSchedule(prediction="lcm", distilled_steps=50)
     assert len(lcm.sigmas) == 50
     assert int(lcm.timestep(lcm.sigma_max)) == 999 and int(lcm.timestep(lcm.sigma_min)) == 19
+
+
+def test_initial_noise_matches_comfyui(ref):
+    from models.sampling.noise import initial_noise
+    latent = torch.zeros([2, 4, 32, 32])
+    assert torch.equal(initial_noise(latent, 42), ref["noise.seed42.batch_index_none"])
+    assert torch.equal(initial_noise(latent, 42, [3, 5]), ref["noise.seed42.batch_index_3_5"])
+
+
+def test_batch_index_regenerates_one_item():
+    from models.sampling.noise import initial_noise
+    latent = torch.zeros([4, 4, 8, 8])
+    full = initial_noise(latent, 7, [0, 1, 2, 3])
+    assert torch.equal(initial_noise(latent[:1], 7, [2])[0], full[2])
+    assert torch.equal(initial_noise(latent, 7), full)
+
+
+def test_brownian_noise_reproducible_and_unit_variance():
+    from models.sampling.noise import BrownianTreeNoise
+    x = torch.zeros([1, 4, 16, 16])
+    a = BrownianTreeNoise(x, 0.03, 14.6, seed=5)
+    b = BrownianTreeNoise(x, 0.03, 14.6, seed=5)
+    n1 = a(torch.tensor(14.6), torch.tensor(7.0))
+    assert torch.equal(n1, b(torch.tensor(14.6), torch.tensor(7.0)))
+    assert 0.8 < float(n1.std()) < 1.2
+    other = BrownianTreeNoise(x, 0.03, 14.6, seed=6)(torch.tensor(14.6), torch.tensor(7.0))
+    assert not torch.equal(n1, other)
