@@ -26,7 +26,7 @@ class GaussianDenoiser:
         return (x * S ** 2 + MU * sig ** 2) / (S ** 2 + sig ** 2)
 
 
-DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m"]
+DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis"]
 # First-order methods need more steps to get within the same tolerance.
 FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from models.sampling import samplers_ancestral as anc
 from models.sampling import samplers_dpmpp as dpmpp
+from models.sampling import samplers_multistep as multistep
 from models.sampling import samplers_ode as ode
 
 # name -> sampler function (see models/sampling/k_common.py for the signature)
@@ -26,6 +27,9 @@ SAMPLER_FUNCTIONS = {
     "dpmpp_3m_sde_gpu": dpmpp.sample_dpmpp_3m_sde_gpu,
     "ddpm": anc.sample_ddpm,
     "lcm": anc.sample_lcm,
+    "ipndm": multistep.sample_ipndm,
+    "ipndm_v": multistep.sample_ipndm_v,
+    "deis": multistep.sample_deis,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
