@@ -23,15 +23,24 @@ class GaussianDenoiser:
     def __call__(self, x, sigma, **kwargs):
         self.calls += 1
         sig = sigma.view(-1, *([1] * (x.ndim - 1)))
-        return (x * S ** 2 + MU * sig ** 2) / (S ** 2 + sig ** 2)
+        denoised = (x * S ** 2 + MU * sig ** 2) / (S ** 2 + sig ** 2)
+        # cond == uncond here, so CFG leaves the estimate unchanged; post-CFG hooks still run.
+        for fn in kwargs.get("model_options", {}).get("sampler_post_cfg_function", []):
+            denoised = fn({"denoised": denoised, "cond_denoised": denoised, "uncond_denoised": denoised,
+                           "sigma": sigma, "input": x})
+        return denoised
 
 
-DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis"]
+DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis",
+                 "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep", "res_multistep_cfg_pp",
+                 "gradient_estimation", "gradient_estimation_cfg_pp"]
 # First-order methods need more steps to get within the same tolerance.
-FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm"}
+FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm", "euler_cfg_pp", "euler_ancestral_cfg_pp",
+               "gradient_estimation", "gradient_estimation_cfg_pp"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
               "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-              "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm"]
+              "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "euler_ancestral_cfg_pp",
+              "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"]
 
 
 def _sigmas(n=40):

@@ -75,3 +75,18 @@ def churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
     if gamma > 0:
         x = x + torch.randn_like(x) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
     return x, sigma_hat
+
+
+def capture_uncond(extra_args: dict):
+    """Install a post-CFG hook that records the unconditional estimate (CFG++ samplers need
+    it) and turns off the cfg=1 shortcut so it is always computed. Returns (extra_args, get)."""
+    seen = {"uncond": None}
+
+    def post_cfg(args):
+        seen["uncond"] = args["uncond_denoised"]
+        return args["denoised"]
+
+    options = dict(extra_args.get("model_options", {}))
+    options["sampler_post_cfg_function"] = list(options.get("sampler_post_cfg_function", [])) + [post_cfg]
+    options["disable_cfg1_optimization"] = True
+    return {**extra_args, "model_options": options}, lambda: seen["uncond"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from models.sampling import samplers_ancestral as anc
+from models.sampling import samplers_cfgpp as cfgpp
 from models.sampling import samplers_dpmpp as dpmpp
 from models.sampling import samplers_multistep as multistep
 from models.sampling import samplers_ode as ode
@@ -30,6 +31,16 @@ SAMPLER_FUNCTIONS = {
     "ipndm": multistep.sample_ipndm,
     "ipndm_v": multistep.sample_ipndm_v,
     "deis": multistep.sample_deis,
+    "euler_cfg_pp": cfgpp.sample_euler_cfg_pp,
+    "euler_ancestral_cfg_pp": cfgpp.sample_euler_ancestral_cfg_pp,
+    "dpmpp_2s_ancestral_cfg_pp": cfgpp.sample_dpmpp_2s_ancestral_cfg_pp,
+    "dpmpp_2m_cfg_pp": cfgpp.sample_dpmpp_2m_cfg_pp,
+    "res_multistep": cfgpp.sample_res_multistep,
+    "res_multistep_cfg_pp": cfgpp.sample_res_multistep_cfg_pp,
+    "res_multistep_ancestral": cfgpp.sample_res_multistep_ancestral,
+    "res_multistep_ancestral_cfg_pp": cfgpp.sample_res_multistep_ancestral_cfg_pp,
+    "gradient_estimation": cfgpp.sample_gradient_estimation,
+    "gradient_estimation_cfg_pp": cfgpp.sample_gradient_estimation_cfg_pp,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
