@@ -33,14 +33,15 @@ class GaussianDenoiser:
 
 DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis",
                  "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep", "res_multistep_cfg_pp",
-                 "gradient_estimation", "gradient_estimation_cfg_pp"]
+                 "gradient_estimation", "gradient_estimation_cfg_pp", "exp_heun_2_x0"]
 # First-order methods need more steps to get within the same tolerance.
 FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm", "euler_cfg_pp", "euler_ancestral_cfg_pp",
                "gradient_estimation", "gradient_estimation_cfg_pp"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu",
               "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
               "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "euler_ancestral_cfg_pp",
-              "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"]
+              "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+              "er_sde", "seeds_2", "seeds_3", "exp_heun_2_x0_sde"]
 
 
 def _sigmas(n=40):

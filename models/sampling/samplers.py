@@ -4,6 +4,7 @@ from __future__ import annotations
 from models.sampling import samplers_ancestral as anc
 from models.sampling import samplers_cfgpp as cfgpp
 from models.sampling import samplers_dpmpp as dpmpp
+from models.sampling import samplers_exponential as expo
 from models.sampling import samplers_multistep as multistep
 from models.sampling import samplers_ode as ode
 
@@ -41,6 +42,11 @@ SAMPLER_FUNCTIONS = {
     "res_multistep_ancestral_cfg_pp": cfgpp.sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation": cfgpp.sample_gradient_estimation,
     "gradient_estimation_cfg_pp": cfgpp.sample_gradient_estimation_cfg_pp,
+    "er_sde": expo.sample_er_sde,
+    "seeds_2": expo.sample_seeds_2,
+    "seeds_3": expo.sample_seeds_3,
+    "exp_heun_2_x0": expo.sample_exp_heun_2_x0,
+    "exp_heun_2_x0_sde": expo.sample_exp_heun_2_x0_sde,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
