@@ -41,7 +41,7 @@ STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp
               "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
               "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "euler_ancestral_cfg_pp",
               "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-              "er_sde", "seeds_2", "seeds_3", "exp_heun_2_x0_sde"]
+              "er_sde", "seeds_2", "seeds_3", "exp_heun_2_x0_sde", "sa_solver", "sa_solver_pece"]
 
 
 def _sigmas(n=40):

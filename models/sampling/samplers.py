@@ -6,6 +6,7 @@ from models.sampling import samplers_cfgpp as cfgpp
 from models.sampling import samplers_dpmpp as dpmpp
 from models.sampling import samplers_exponential as expo
 from models.sampling import samplers_multistep as multistep
+from models.sampling import samplers_sa as sa
 from models.sampling import samplers_ode as ode
 
 # name -> sampler function (see models/sampling/k_common.py for the signature)
@@ -47,6 +48,8 @@ SAMPLER_FUNCTIONS = {
     "seeds_3": expo.sample_seeds_3,
     "exp_heun_2_x0": expo.sample_exp_heun_2_x0,
     "exp_heun_2_x0_sde": expo.sample_exp_heun_2_x0_sde,
+    "sa_solver": sa.sample_sa_solver,
+    "sa_solver_pece": sa.sample_sa_solver_pece,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
