@@ -33,7 +33,8 @@ class GaussianDenoiser:
 
 DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis",
                  "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep", "res_multistep_cfg_pp",
-                 "gradient_estimation", "gradient_estimation_cfg_pp", "exp_heun_2_x0"]
+                 "gradient_estimation", "gradient_estimation_cfg_pp", "exp_heun_2_x0",
+                 "dpm_fast", "dpm_adaptive"]
 # First-order methods need more steps to get within the same tolerance.
 FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm", "euler_cfg_pp", "euler_ancestral_cfg_pp",
                "gradient_estimation", "gradient_estimation_cfg_pp"}
@@ -57,7 +58,9 @@ def test_deterministic_sampler_solves_the_ode(name):
     out = SAMPLER_FUNCTIONS[name](GaussianDenoiser(), x0.clone(), sigmas)
     exact = MU + (x0 - MU) * S / (S ** 2 + sigmas[0] ** 2) ** 0.5
     # The schedule stops at sigma_min ~0.03, whose last jump is exact for this denoiser.
-    assert torch.allclose(out, exact, atol=2e-2), (out - exact).abs().max()
+    # dpm_adaptive controls its own error to rtol 5 % by default, so it gets a looser bound.
+    atol = 8e-2 if name == "dpm_adaptive" else 2e-2
+    assert torch.allclose(out, exact, atol=atol), (out - exact).abs().max()
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)

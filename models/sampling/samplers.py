@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from models.sampling import samplers_ancestral as anc
 from models.sampling import samplers_cfgpp as cfgpp
+from models.sampling import samplers_dpm_solver as dpm_solver
 from models.sampling import samplers_dpmpp as dpmpp
 from models.sampling import samplers_exponential as expo
 from models.sampling import samplers_multistep as multistep
@@ -50,6 +51,8 @@ SAMPLER_FUNCTIONS = {
     "exp_heun_2_x0_sde": expo.sample_exp_heun_2_x0_sde,
     "sa_solver": sa.sample_sa_solver,
     "sa_solver_pece": sa.sample_sa_solver_pece,
+    "dpm_fast": dpm_solver.sample_dpm_fast,
+    "dpm_adaptive": dpm_solver.sample_dpm_adaptive,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
