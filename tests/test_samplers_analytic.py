@@ -34,7 +34,7 @@ class GaussianDenoiser:
 DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis",
                  "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep", "res_multistep_cfg_pp",
                  "gradient_estimation", "gradient_estimation_cfg_pp", "exp_heun_2_x0",
-                 "dpm_fast", "dpm_adaptive"]
+                 "dpm_fast", "dpm_adaptive", "uni_pc", "uni_pc_bh2"]
 # First-order methods need more steps to get within the same tolerance.
 FIRST_ORDER = {"euler", "heunpp2", "euler_ancestral", "ddpm", "euler_cfg_pp", "euler_ancestral_cfg_pp",
                "gradient_estimation", "gradient_estimation_cfg_pp"}
@@ -100,3 +100,10 @@ def test_lcm_jumps_and_renoises():
     out = SAMPLER_FUNCTIONS["lcm"](model, torch.randn(1, 4, 32, 32) * 14.6, sigmas, extra_args={"seed": 0})
     assert model.calls == 2
     assert abs(float(out.mean()) - MU) < 0.1
+
+
+def test_every_ksampler_name_has_a_function():
+    from models.sampling.samplers import SAMPLER_NAMES, get_sampler
+    assert len(SAMPLER_NAMES) == 44
+    for name in SAMPLER_NAMES:
+        assert callable(get_sampler(name)), name

@@ -8,6 +8,7 @@ from models.sampling import samplers_dpmpp as dpmpp
 from models.sampling import samplers_exponential as expo
 from models.sampling import samplers_multistep as multistep
 from models.sampling import samplers_sa as sa
+from models.sampling import samplers_unipc as unipc
 from models.sampling import samplers_ode as ode
 
 # name -> sampler function (see models/sampling/k_common.py for the signature)
@@ -53,6 +54,8 @@ SAMPLER_FUNCTIONS = {
     "sa_solver_pece": sa.sample_sa_solver_pece,
     "dpm_fast": dpm_solver.sample_dpm_fast,
     "dpm_adaptive": dpm_solver.sample_dpm_adaptive,
+    "uni_pc": unipc.sample_unipc,
+    "uni_pc_bh2": unipc.sample_unipc_bh2,
 }
 
 # KSampler.SAMPLERS of ComfyUI 0.8.0, in its order (KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2).
