@@ -61,10 +61,12 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
             t, t_next = half_log_snr(sigmas[i]), half_log_snr(sigma_down)
             h = t_next - t
             s = t + 0.5 * h
-            shifted = x + (denoised - u)
-            x_2 = (sigma_from_half_log_snr(s) / sigma_from_half_log_snr(t)) * shifted - (-h * 0.5).expm1() * denoised
+            x_2 = (sigma_from_half_log_snr(s) / sigma_from_half_log_snr(t)) * (x + (denoised - u)) \
+                - (-h * 0.5).expm1() * denoised
             denoised_2 = model(x_2, sigma_from_half_log_snr(s) * s_in, **extra_args)
-            x = (sigma_from_half_log_snr(t_next) / sigma_from_half_log_snr(t)) * shifted - (-h).expm1() * denoised_2
+            # the shift uses the unconditional estimate of the latest call (the midpoint's)
+            x = (sigma_from_half_log_snr(t_next) / sigma_from_half_log_snr(t)) * (x + (denoised - uncond())) \
+                - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
