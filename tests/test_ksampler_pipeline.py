@@ -137,3 +137,26 @@ def test_step_callback_reports_progress():
     seen = []
     run(p, cond(1.0), cond(0.0), steps=6, callback=lambda i, x0, x, total: seen.append((i, total)))
     assert seen == [(i, 6) for i in range(6)]
+
+
+def test_ksampler_node_uses_comfyui_noise_and_reports_progress():
+    import nodes  # noqa: F401  (registers built-in nodes)
+    from models import progress
+    from models.latent_formats import SD15
+    from nodes.registry import NODE_CLASS_MAPPINGS
+    p = FakePatcher()
+    p.model.latent_format = SD15()
+    seen = []
+    progress.set_progress_hook(lambda value, total, preview, node: seen.append((value, total)))
+    try:
+        latent = {"samples": torch.zeros(1, 4, 8, 8)}
+        (out,) = NODE_CLASS_MAPPINGS["KSampler"]().sample(p, 42, 5, 1.0, "euler", "normal", cond(1.0), cond(0.0),
+                                                          latent, 1.0)
+    finally:
+        progress.set_progress_hook(None)
+    assert seen == [(i, 5) for i in range(1, 6)]
+    assert out["samples"].shape == (1, 4, 8, 8)
+    # KSamplerAdvanced with add_noise disabled and nothing to do returns the latent unchanged
+    adv = NODE_CLASS_MAPPINGS["KSamplerAdvanced"]()
+    (same,) = adv.sample(p, "disable", 0, 5, 1.0, "euler", "normal", cond(1.0), cond(0.0), out, 5, 10000, "enable")
+    assert torch.equal(same["samples"], out["samples"])
