@@ -10,6 +10,7 @@ from nodes.registry import register
 # (module, python_module reported in /object_info)
 BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling", "nodes"),
+    ("nodes.latent", "nodes"),
 ]
 
 
