@@ -11,6 +11,7 @@ from nodes.registry import register
 BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling", "nodes"),
     ("nodes.latent", "nodes"),
+    ("nodes.conditioning", "nodes"),
 ]
 
 
