@@ -66,7 +66,9 @@ def get_previewer(latent_format, taesd_loader=None):
     method = active_method()
     if method == "none":
         return None
-    if method == "taesd" and taesd_loader is not None and latent_format.taesd_decoder_name:
+    if taesd_loader is None:
+        from models.taesd import load_decoder as taesd_loader
+    if method == "taesd" and latent_format.taesd_decoder_name:
         decoder = taesd_loader(latent_format.taesd_decoder_name)
         if decoder is not None:
             return TAESDPreview(decoder)
