@@ -19,11 +19,7 @@ from server.ws import WebSocketHub
 
 log = logging.getLogger(__name__)
 
-# Keys of the app's state.
-ARGS = web.AppKey("args", object)
-HUB = web.AppKey("hub", WebSocketHub)
-QUEUE = web.AppKey("queue", object)
-WORKER = web.AppKey("worker", object)
+from server.app_keys import ARGS, EXECUTOR, HUB, QUEUE, WORKER  # noqa: F401  (re-exported)
 
 
 def server_features(args) -> dict:
@@ -53,6 +49,35 @@ def configure_folders(args) -> None:
                       temp=args.temp_directory, user=args.user_directory)
 
 
+def cache_mode(args) -> tuple[str, int]:
+    if args.cache_none:
+        return "none", 0
+    if args.cache_lru and args.cache_lru > 0:
+        return "lru", args.cache_lru
+    return "classic", 0
+
+
+def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
+    """The queue, the executor and the worker thread, reporting through the hub."""
+    from executor.queue import PromptQueue
+    from executor.runner import PromptExecutor
+    from executor.worker import Worker
+    from models.sampling import preview
+
+    preview.configure(args.preview_method, args.preview_size)
+
+    def broadcast_status():
+        hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
+
+    queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history)
+    mode, lru = cache_mode(args)
+    executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru)
+    worker = Worker(queue, executor, hub)
+    app[QUEUE], app[EXECUTOR], app[WORKER] = queue, executor, worker
+    hub.queue_remaining = queue.get_tasks_remaining
+    hub.current_executing = worker.current_node_for
+
+
 def create_app(args=None) -> web.Application:
     if args is None:
         args = cli.parse_args([])
@@ -63,6 +88,7 @@ def create_app(args=None) -> web.Application:
     app[ARGS] = args
     hub = WebSocketHub(server_features(args))
     app[HUB] = hub
+    _setup_execution(app, args, hub)
 
     core = web.RouteTableDef()
     internal = web.RouteTableDef()
@@ -82,8 +108,10 @@ def create_app(args=None) -> web.Application:
 
     async def on_startup(app):
         await hub.start()
+        app[WORKER].start()
 
     async def on_cleanup(app):
+        app[WORKER].stop()
         await hub.stop()
 
     app.on_startup.append(on_startup)

@@ -7,8 +7,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _p in (ROOT, os.path.join(ROOT, "tests")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 
 @pytest.fixture
@@ -33,3 +34,15 @@ async def client(aiohttp_client, make_args):
     """An HTTP client for a default comfyd app (use make_args + aiohttp_client for flags)."""
     from server.app import create_app
     return await aiohttp_client(create_app(make_args()))
+
+
+@pytest.fixture
+def test_nodes():
+    """Registers tests/executor_nodes.py classes (T_<Name>) for one test."""
+    from nodes import registry
+    import executor_nodes
+    registry.register(executor_nodes.MAPPINGS, python_module="custom_nodes.test")
+    executor_nodes.CALLS.clear()
+    yield executor_nodes
+    for name in executor_nodes.MAPPINGS:
+        registry.NODE_CLASS_MAPPINGS.pop(name, None)

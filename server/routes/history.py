@@ -1,0 +1,58 @@
+"""/history: finished prompts with their outputs and status (API.md §2.7–§2.10)."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.app_keys import QUEUE
+from server.routes._common import BadRequest, bad_request, read_json
+
+routes = web.RouteTableDef()
+
+
+def _int_param(request, name):
+    value = request.rel_url.query.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer")
+
+
+@routes.get("/history")
+async def get_history(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE]
+    prompt_id = request.rel_url.query.get("prompt_id")
+    if prompt_id:  # the seed document's form of GET /history/{prompt_id}
+        return web.json_response(queue.get_history(prompt_id=prompt_id))
+    try:
+        max_items = _int_param(request, "max_items")
+        offset = _int_param(request, "offset")
+    except BadRequest as e:
+        return bad_request(str(e))
+    return web.json_response(queue.get_history(max_items=max_items, offset=-1 if offset is None else offset))
+
+
+@routes.get("/history/{prompt_id}")
+async def get_history_item(request: web.Request) -> web.Response:
+    return web.json_response(request.app[QUEUE].get_history(prompt_id=request.match_info["prompt_id"]))
+
+
+@routes.post("/history")
+async def post_history(request: web.Request) -> web.Response:
+    try:
+        body = await read_json(request)
+    except BadRequest as e:
+        return bad_request(str(e))
+    queue = request.app[QUEUE]
+    if body.get("clear"):
+        queue.wipe_history()
+    if "delete" in body:
+        ids = body["delete"]
+        if isinstance(ids, str):
+            ids = [ids]
+        if not isinstance(ids, list):
+            return bad_request("delete must be a list of prompt ids")
+        for prompt_id in ids:
+            queue.delete_history_item(prompt_id)
+    return web.Response(status=200)

@@ -1,0 +1,60 @@
+"""/api/jobs and /api/jobs/{id} (declared with the /api prefix, so also /api/api/jobs)."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from executor import jobs
+from server.app_keys import QUEUE
+
+routes = web.RouteTableDef()
+
+
+def _err(message):
+    return web.json_response({"error": message}, status=400)
+
+
+@routes.get("/api/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    q = request.rel_url.query
+    statuses = None
+    if "status" in q:
+        statuses = [s.strip() for s in q["status"].split(",") if s.strip()]
+        bad = [s for s in statuses if s not in jobs.ALL_STATUSES]
+        if bad:
+            return _err(f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(jobs.ALL_STATUSES)}")
+    sort_by = q.get("sort_by", "created_at").lower()
+    if sort_by not in ("created_at", "execution_duration"):
+        return _err("sort_by must be 'created_at' or 'execution_duration'")
+    sort_order = q.get("sort_order", "desc").lower()
+    if sort_order not in ("asc", "desc"):
+        return _err("sort_order must be 'asc' or 'desc'")
+    limit = None
+    if "limit" in q:
+        try:
+            limit = int(q["limit"])
+        except ValueError:
+            return _err("limit must be an integer")
+        if limit <= 0:
+            return _err("limit must be a positive integer")
+    offset = 0
+    if "offset" in q:
+        try:
+            offset = max(int(q["offset"]), 0)
+        except ValueError:
+            return _err("offset must be an integer")
+    queue = request.app[QUEUE]
+    running, pending = queue.get_current_queue()
+    page, total = jobs.list_jobs(running, pending, queue.get_history(), statuses, q.get("workflow_id"), sort_by,
+                                 sort_order, limit, offset)
+    return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
+                                                           "has_more": offset + len(page) < total}})
+
+
+@routes.get("/api/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE]
+    running, pending = queue.get_current_queue()
+    job = jobs.find_job(request.match_info["job_id"], running, pending, queue.get_history())
+    if job is None:
+        return web.json_response({"error": "Job not found"}, status=404)
+    return web.json_response(job)
