@@ -12,6 +12,8 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling", "nodes"),
     ("nodes.latent", "nodes"),
     ("nodes.conditioning", "nodes"),
+    ("nodes.image_io", "nodes"),
+    ("nodes.image", "nodes"),
 ]
 
 

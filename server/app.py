@@ -65,6 +65,8 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     from models.sampling import preview
 
     preview.configure(args.preview_method, args.preview_size)
+    from nodes import settings as node_settings
+    node_settings.configure(args.disable_metadata, args.default_hashing_function)
 
     def broadcast_status():
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})

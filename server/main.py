@@ -12,6 +12,8 @@ from server import cli
 
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse_args(argv)
+    from server import logs
+    logs.capture_std_streams()
     logging.basicConfig(level=getattr(logging, args.verbose),
                         stream=sys.stdout if args.log_stdout else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
