@@ -41,7 +41,8 @@ def to_hashable(obj):
 
 
 def _wants_unique_id(class_def) -> bool:
-    return "UNIQUE_ID" in class_def.INPUT_TYPES().get("hidden", {}).values()
+    kinds = class_def.INPUT_TYPES().get("hidden", {}).values()
+    return any(k == "UNIQUE_ID" or (isinstance(k, (tuple, list)) and "UNIQUE_ID" in k) for k in kinds)
 
 
 class IsChangedCache:

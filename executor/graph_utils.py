@@ -3,19 +3,13 @@ node expansion) and ExecutionBlocker. Custom packs import these through the
 comfy_execution.graph_utils compatibility module."""
 from __future__ import annotations
 
+from nodes.protocol import ExecutionBlocker  # noqa: F401  (part of this module's public names)
+
 
 def is_link(obj) -> bool:
     """A link is ["<node id>", <output index>] (index int or float)."""
     return (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str)
             and isinstance(obj[1], (int, float)) and not isinstance(obj[1], bool))
-
-
-class ExecutionBlocker:
-    """Returned from a node to block everything downstream. With a message, the first blocked
-    consumer reports an error (type ExecutionBlocked); with None it blocks silently."""
-
-    def __init__(self, message):
-        self.message = message
 
 
 class Node:

@@ -24,7 +24,7 @@ def from_queue_item(item, status: str) -> dict:
                     "outputs_count": 0, "workflow_id": workflow_id})
 
 
-def _previewable(media_type: str, item: dict) -> bool:
+def is_previewable(media_type: str, item: dict) -> bool:
     if media_type in PREVIEWABLE:
         return True
     fmt = item.get("format", "") or ""
@@ -46,7 +46,7 @@ def outputs_summary(outputs: dict):
                 if not isinstance(item, dict):
                     continue
                 count += 1
-                if preview is None and _previewable(media_type, item):
+                if preview is None and is_previewable(media_type, item):
                     enriched = {**item, "nodeId": node_id, "mediaType": media_type}
                     if item.get("type") == "output":
                         preview = enriched
@@ -94,6 +94,18 @@ def find_job(prompt_id, running, pending, history):
     return None
 
 
+def sort_jobs(jobs: list[dict], sort_by: str, sort_order: str) -> list[dict]:
+    """created_at: by create_time; execution_duration: end - start (0 when unknown). Stable."""
+    if sort_by == "execution_duration":
+        def key(j):
+            s, e = j.get("execution_start_time", 0), j.get("execution_end_time", 0)
+            return e - s if s and e else 0
+    else:
+        def key(j):
+            return j.get("create_time", 0)
+    return sorted(jobs, key=key, reverse=sort_order == "desc")
+
+
 def list_jobs(running, pending, history, statuses=None, workflow_id=None, sort_by="created_at",
               sort_order="desc", limit=None, offset=0):
     """(page of jobs, total after filtering)."""
@@ -110,14 +122,7 @@ def list_jobs(running, pending, history, statuses=None, workflow_id=None, sort_b
                 jobs.append(job)
     if workflow_id:
         jobs = [j for j in jobs if j.get("workflow_id") == workflow_id]
-    if sort_by == "execution_duration":
-        def key(j):
-            s, e = j.get("execution_start_time", 0), j.get("execution_end_time", 0)
-            return e - s if s and e else 0
-    else:
-        def key(j):
-            return j.get("create_time", 0)
-    jobs = sorted(jobs, key=key, reverse=sort_order == "desc")
+    jobs = sort_jobs(jobs, sort_by, sort_order)
     total = len(jobs)
     offset = max(offset or 0, 0)
     jobs = jobs[offset:] if limit is None else jobs[offset:offset + limit]

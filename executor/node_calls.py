@@ -35,6 +35,8 @@ def input_data(inputs: dict, class_def, unique_id, execution_list=None, dynpromp
         elif category is not None:
             data[name] = [value]
     for name, kind in declared.get("hidden", {}).items():
+        if isinstance(kind, (tuple, list)):  # V3 schema: ("UNIQUE_ID",)
+            kind = kind[0]
         if kind == "PROMPT":
             data[name] = [dynprompt.get_original_prompt() if dynprompt is not None else {}]
         elif kind == "DYNPROMPT":

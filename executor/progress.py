@@ -59,7 +59,7 @@ class ProgressReporter:
             state.update(state="finished", value=state["max"])
             self._send_state()
 
-    def update(self, value, total, preview=None, node_id=None):
+    def update(self, value, total, preview=None, node_id=None, send_progress=True):
         """The models.progress hook: called by ProgressBar from inside a node."""
         if node_id is None:
             ctx = current_node.get()
@@ -73,5 +73,6 @@ class ProgressReporter:
                 meta = {"node_id": node_id, "prompt_id": self.prompt_id, **self._ids(node_id),
                         "image_type": "image/png" if fmt == "PNG" else "image/jpeg"}
                 self.sink.send(PREVIEW, (fmt, data, meta), self.client_id)
-            self.sink.send("progress", {"value": value, "max": total, "prompt_id": self.prompt_id,
-                                        "node": node_id}, self.client_id)
+            if send_progress:
+                self.sink.send("progress", {"value": value, "max": total, "prompt_id": self.prompt_id,
+                                            "node": node_id}, self.client_id)

@@ -54,11 +54,16 @@ def get_progress_hook() -> Optional[ProgressHook]:
     return _hook
 
 
-def report_progress(value: float, total: float, preview=None, node_id: str | None = None) -> None:
-    """Report progress of the current node; also the place where interrupts are noticed."""
+def report_progress(value: float, total: float, preview=None, node_id: str | None = None,
+                    legacy_event: bool = True) -> None:
+    """Report progress of the current node; also the place where interrupts are noticed.
+    legacy_event=False updates only the per-node state (V3 set_progress), no `progress` event."""
     check_interrupted()
     if _hook is not None:
-        _hook(value, total, preview, node_id)
+        if legacy_event:
+            _hook(value, total, preview, node_id)
+        else:
+            _hook(value, total, preview, node_id, send_progress=False)
 
 
 class ProgressBar:

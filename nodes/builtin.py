@@ -7,13 +7,15 @@ import logging
 
 from nodes.registry import register
 
-# (module, python_module reported in /object_info)
+# (module, python_module reported in /object_info). A module exports NODE_CLASS_MAPPINGS (V1
+# classes) and/or V3_NODES (V3 schema classes, registered under their schema ids).
 BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling", "nodes"),
     ("nodes.latent", "nodes"),
     ("nodes.conditioning", "nodes"),
     ("nodes.image_io", "nodes"),
     ("nodes.image", "nodes"),
+    ("nodes.batch", "comfy_extras.nodes_rebatch"),
 ]
 
 
@@ -24,4 +26,8 @@ def register_all() -> None:
         except Exception:
             logging.exception("built-in node module %s failed to import", mod_name)
             continue
-        register(mod.NODE_CLASS_MAPPINGS, getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", None), reported)
+        if hasattr(mod, "NODE_CLASS_MAPPINGS"):
+            register(mod.NODE_CLASS_MAPPINGS, getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", None), reported)
+        if hasattr(mod, "V3_NODES"):
+            from nodes.v3 import register_v3
+            register_v3(mod.V3_NODES, reported, register)

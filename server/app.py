@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+import urllib.parse
 
 from aiohttp import web
 
 from models import folders
 from server import cli
 from server.ws import WebSocketHub
+
+# The modules custom node packs import (folder_paths, comfy.*, comfy_execution.*, comfy_api.*).
+COMPAT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
+if COMPAT_DIR not in sys.path:
+    sys.path.insert(0, COMPAT_DIR)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,29 @@ def _with_api_prefix(table: web.RouteTableDef) -> list[web.RouteDef]:
 def configure_folders(args) -> None:
     folders.configure(base=args.base_directory, input=args.input_directory, output=args.output_directory,
                       temp=args.temp_directory, user=args.user_directory)
+    from models import extra_paths
+    configs = cli.extra_model_paths_files(args)
+    default = os.path.join(folders.state().base, "extra_model_paths.yaml")
+    if os.path.isfile(default):
+        configs.insert(0, default)
+    for config in configs:
+        try:
+            extra_paths.load(config)
+        except (OSError, ValueError) as e:
+            log.error("could not read %s: %s", config, e)
+
+
+def load_custom_nodes(app: web.Application, args) -> web.RouteTableDef:
+    """Import the packs; returns the routes they added through PromptServer.instance.routes."""
+    from nodes import custom
+    from server.routes import extensions
+    extensions.LOADED_PACKS.clear()
+    packs = custom.load_all(folders.get_folder_paths("custom_nodes"), set(args.whitelist_custom_nodes),
+                            disabled=args.disable_all_custom_nodes)
+    extensions.LOADED_PACKS.update(packs)
+    for name, pack in packs.items():
+        if pack["web"]:
+            app.router.add_static(f"/extensions/{urllib.parse.quote(name)}", pack["web"])
 
 
 def cache_mode(args) -> tuple[str, int]:
@@ -98,6 +128,11 @@ def create_app(args=None) -> web.Application:
         core._items.extend(getattr(mod, "routes", []))
         internal._items.extend(getattr(mod, "internal_routes", []))
     core.get("/ws")(hub.handle)
+
+    from server.prompt_server import PromptServer
+    server = PromptServer(app, hub, app[QUEUE], app[WORKER])
+    load_custom_nodes(app, args)
+    core._items.extend(server.routes)
 
     app.add_routes(core)
     app.add_routes(_with_api_prefix(core))

@@ -1,0 +1,1 @@
+from nodes.v3_ui import PreviewImage, PreviewMask, PreviewText, SavedImages, SavedResult, UIOutput  # noqa: F401

@@ -1,0 +1,109 @@
+"""ComfyUI's `folder_paths` module for custom node packs, over models/folders.py."""
+from __future__ import annotations
+
+import mimetypes
+import os
+
+from models import folders as _f
+from models.folders import (MODEL_EXTENSIONS as supported_pt_extensions, add_model_folder_path,  # noqa: F401
+                            annotated_filepath, exists_annotated_filepath, get_annotated_filepath,
+                            get_directory_by_type, get_filename_list, get_folder_paths, get_full_path,
+                            get_full_path_or_raise, map_legacy)
+from nodes.image_save import get_save_image_path  # noqa: F401
+
+SYSTEM_USER_PREFIX = "__"
+
+
+def __getattr__(name):
+    s = _f.state()
+    dynamic = {"folder_names_and_paths": lambda: s.models, "base_path": lambda: s.base,
+               "models_dir": lambda: os.path.join(s.base, "models"), "output_directory": lambda: s.output,
+               "input_directory": lambda: s.input, "temp_directory": lambda: s.temp,
+               "user_directory": lambda: s.user}
+    if name in dynamic:
+        return dynamic[name]()
+    raise AttributeError(name)
+
+
+def get_output_directory() -> str:
+    return _f.state().output
+
+
+def get_input_directory() -> str:
+    return _f.state().input
+
+
+def get_temp_directory() -> str:
+    return _f.state().temp
+
+
+def get_user_directory() -> str:
+    return _f.state().user
+
+
+def set_output_directory(path: str) -> None:
+    _f.state().output = os.path.abspath(path)
+
+
+def set_input_directory(path: str) -> None:
+    _f.state().input = os.path.abspath(path)
+
+
+def set_temp_directory(path: str) -> None:
+    _f.state().temp = os.path.abspath(path)
+
+
+def set_user_directory(path: str) -> None:
+    _f.state().user = os.path.abspath(path)
+
+
+def get_public_user_directory(user: str) -> str | None:
+    if not user or user.startswith(SYSTEM_USER_PREFIX):
+        return None
+    return os.path.join(get_user_directory(), user)
+
+
+def get_filename_list_(folder_name: str):
+    files = get_filename_list(folder_name)
+    return files, {}, 0.0
+
+
+def filter_files_extensions(files, extensions):
+    exts = {e.lower() for e in extensions}
+    return sorted(f for f in files if not exts or os.path.splitext(f)[1].lower() in exts)
+
+
+def filter_files_content_types(files, content_types):
+    out = []
+    for f in files:
+        mime = mimetypes.guess_type(f)[0] or ""
+        kind = "image" if f.lower().endswith(".webp") else mime.split("/")[0]
+        if kind in content_types:
+            out.append(f)
+    return out
+
+
+def recursive_search(directory, excluded_dir_names=None):
+    excluded = set(excluded_dir_names or [])
+    result, dirs = [], {}
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if d not in excluded]
+        dirs[dirpath] = os.path.getmtime(dirpath)
+        result += [os.path.relpath(os.path.join(dirpath, f), directory) for f in filenames]
+    return result, dirs
+
+
+class _CacheHelper:
+    """ComfyUI batches file-list scans per request with this; comfyd caches per second."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def clear(self):
+        pass
+
+
+cache_helper = _CacheHelper()

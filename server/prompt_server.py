@@ -1,0 +1,48 @@
+"""`server.PromptServer` for custom node packs: `PromptServer.instance.routes` (added to the
+app like core routes), `send_sync(event, data, sid)`, `client_id`, `last_node_id`..."""
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class PromptServer:
+    instance: "PromptServer" = None  # type: ignore[assignment]
+
+    def __init__(self, app: web.Application, hub, queue=None, worker=None):
+        self.app = app
+        self.hub = hub
+        self.routes = web.RouteTableDef()
+        self.prompt_queue = queue
+        self.worker = worker
+        self.loop = None
+        self.sockets = hub.sockets
+        self.sockets_metadata = hub.client_flags
+        self.on_prompt_handlers = []
+        self.supports = ["custom_nodes_from_web"]
+        self.last_prompt_id = None
+        PromptServer.instance = self
+
+    @property
+    def client_id(self):
+        return self.worker.running_client_id if self.worker is not None else None
+
+    @property
+    def last_node_id(self):
+        return self.worker.executor.current_node if self.worker is not None else None
+
+    def send_sync(self, event, data, sid=None):
+        self.hub.send(event, data, sid)
+
+    async def send(self, event, data, sid=None):
+        self.hub.send(event, data, sid)
+
+    async def send_json(self, event, data, sid=None):
+        self.hub.send(event, data, sid)
+
+    def add_on_prompt_handler(self, handler):
+        from server.routes import prompt
+        prompt.on_prompt_handlers.append(handler)
+
+    def queue_updated(self):
+        self.hub.send("status", {"status": {"exec_info": {
+            "queue_remaining": self.prompt_queue.get_tasks_remaining() if self.prompt_queue else 0}}})
