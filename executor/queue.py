@@ -12,6 +12,8 @@ import heapq
 import threading
 from typing import Callable, NamedTuple, Optional
 
+from executor.store import MemoryStore, interrupted_entry
+
 
 class ExecutionStatus(NamedTuple):
     status_str: str  # "success" | "error"
@@ -25,28 +27,51 @@ def public_job(item) -> list:
 
 
 class PromptQueue:
-    def __init__(self, on_change: Callable[[], None] | None = None, max_history: int = 10000):
+    def __init__(self, on_change: Callable[[], None] | None = None, max_history: int = 10000, store=None):
         self.on_change = on_change or (lambda: None)
         self.max_history = max_history
+        self.store = store or MemoryStore()
+        self._keys: dict[int, int] = {}  # id(job tuple) -> store key
         self.mutex = threading.RLock()
         self.not_empty = threading.Condition(self.mutex)
         self.task_counter = 0
         self.queue: list[tuple] = []
         self.currently_running: dict[int, tuple] = {}
+        self.running_keys: dict[int, int | None] = {}
         self.history: dict[str, dict] = {}
         self.flags: dict = {}
         self.number_counter = 0  # priority counter for POST /prompt without `number`
+        self._restore()
+
+    def _restore(self) -> None:
+        """Re-queue what was pending; record what was running when the process died as
+        interrupted (it is not run twice)."""
+        pending, interrupted, history, counter = self.store.load()
+        self.history = history
+        numbers = [job[0] for _, job in pending + interrupted if isinstance(job[0], int)]
+        self.number_counter = max([counter] + [n + 1 for n in numbers])
+        for key, job in interrupted:
+            entry = interrupted_entry(job, "the server stopped while this prompt was running")
+            self.store.add_history(job[1], entry, self.max_history)
+            self.store.remove_job(key)
+            self.history.pop(job[1], None)
+            self.history[job[1]] = entry
+        for key, job in pending:
+            self._keys[id(job)] = key
+            heapq.heappush(self.queue, job)
 
     # -- numbering ------------------------------------------------------------
     def next_number(self, front: bool = False) -> int:
         with self.mutex:
             n = self.number_counter
             self.number_counter += 1
+            self.store.set_counter(self.number_counter)
             return -n if front else n
 
     # -- pending / running ----------------------------------------------------
     def put(self, item: tuple) -> None:
         with self.mutex:
+            self._keys[id(item)] = self.store.add_job(item)
             heapq.heappush(self.queue, item)
             self.on_change()
             self.not_empty.notify()
@@ -59,7 +84,11 @@ class PromptQueue:
                 if timeout is not None and not self.queue:
                     return None
             item = heapq.heappop(self.queue)
+            key = self._keys.pop(id(item), None)
+            if key is not None:
+                self.store.mark_running(key)
             item_id = self.task_counter
+            self.running_keys[item_id] = key
             self.currently_running[item_id] = copy.deepcopy(item)
             self.task_counter += 1
             self.on_change()
@@ -77,6 +106,10 @@ class PromptQueue:
                 "status": copy.deepcopy(status._asdict()) if status is not None else None,
             }
             entry.update(history_result)
+            self.store.add_history(item[1], entry, self.max_history)
+            key = self.running_keys.pop(item_id, None)
+            if key is not None:
+                self.store.remove_job(key)
             self.history.pop(item[1], None)
             self.history[item[1]] = entry
             self.on_change()
@@ -97,6 +130,8 @@ class PromptQueue:
 
     def wipe_queue(self) -> None:
         with self.mutex:
+            self.store.clear_pending()
+            self._keys.clear()
             self.queue = []
             self.on_change()
 
@@ -104,6 +139,9 @@ class PromptQueue:
         with self.mutex:
             for i, item in enumerate(self.queue):
                 if predicate(item):
+                    key = self._keys.pop(id(item), None)
+                    if key is not None:
+                        self.store.remove_job(key)
                     self.queue.pop(i)
                     heapq.heapify(self.queue)
                     self.on_change()
@@ -129,10 +167,12 @@ class PromptQueue:
 
     def wipe_history(self) -> None:
         with self.mutex:
+            self.store.clear_history()
             self.history = {}
 
     def delete_history_item(self, prompt_id: str) -> None:
         with self.mutex:
+            self.store.remove_history(prompt_id)
             self.history.pop(prompt_id, None)
 
     # -- flags set by POST /free ---------------------------------------------

@@ -101,7 +101,9 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     def broadcast_status():
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
 
-    queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history)
+    from executor.store import SqliteStore
+    store = SqliteStore(os.path.join(folders.state().user, "comfyd", "queue.sqlite3"))
+    queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
     executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru)
     worker = Worker(queue, executor, hub)
