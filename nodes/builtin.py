@@ -16,6 +16,8 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.image_io", "nodes"),
     ("nodes.image", "nodes"),
     ("nodes.batch", "comfy_extras.nodes_rebatch"),
+    ("nodes.mask", "comfy_extras.nodes_mask"),
+    ("nodes.compositing", "comfy_extras.nodes_compositing"),
 ]
 
 

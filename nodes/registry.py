@@ -18,7 +18,7 @@ def register(mapping: dict[str, type], display_names: dict[str, str] | None = No
     """Add node classes. `python_module` is what /object_info reports ("nodes" by default,
     "comfy_extras.nodes_x" or "custom_nodes.<pack>" for others)."""
     for name, cls in mapping.items():
-        if python_module is not None and not hasattr(cls, "RELATIVE_PYTHON_MODULE"):
+        if python_module is not None and getattr(cls, "RELATIVE_PYTHON_MODULE", None) is None:
             try:
                 cls.RELATIVE_PYTHON_MODULE = python_module
             except (AttributeError, TypeError):

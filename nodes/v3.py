@@ -251,6 +251,7 @@ def register_v3(nodes_list: list, python_module: str, registry_register) -> dict
         mapping[schema.node_id] = cls
         if schema.display_name:
             names[schema.node_id] = schema.display_name
-        cls.RELATIVE_PYTHON_MODULE = python_module
+        if "RELATIVE_PYTHON_MODULE" not in cls.__dict__ or cls.__dict__["RELATIVE_PYTHON_MODULE"] is None:
+            cls.RELATIVE_PYTHON_MODULE = python_module
     registry_register(mapping, names, python_module)
     return mapping
