@@ -102,7 +102,8 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
 
     from executor.store import SqliteStore
-    store = SqliteStore(os.path.join(folders.state().user, "comfyd", "queue.sqlite3"))
+    # "__" folders are system users that no HTTP request can read (the file holds the sensitive slot)
+    store = SqliteStore(os.path.join(folders.state().user, "__comfyd", "queue.sqlite3"))
     queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
     executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru)
@@ -151,6 +152,7 @@ def create_app(args=None) -> web.Application:
 
     async def on_cleanup(app):
         app[WORKER].stop()
+        app[QUEUE].store.close()
         await hub.stop()
 
     app.on_startup.append(on_startup)

@@ -78,7 +78,7 @@ def _free_name(target_dir: str, name: str, data: bytes, overwrite: bool, algorit
 async def _upload(request: web.Request, mask: bool) -> web.Response:
     try:
         up = await _read_upload(request)
-    except ValueError as e:  # malformed multipart body
+    except (ValueError, AssertionError) as e:  # malformed or non-multipart body
         return bad_request(f"invalid multipart body: {e}")
     if up.data is None or not up.file_name:
         return bad_request("no image file in the 'image' field")
@@ -183,7 +183,7 @@ async def view(request: web.Request) -> web.StreamResponse:
     if not os.path.isfile(path) or not folders.is_inside(path, base):
         return web.Response(status=404)
     headers = {"Content-Disposition": f'filename="{name}"'}
-    preview, channel = q.get("preview"), q.get("channel", "rgba")
+    preview, channel = q.get("preview"), q.get("channel", "")
     if preview or channel in ("rgb", "a"):
         try:
             with Image.open(path) as img:

@@ -30,7 +30,7 @@ async def subscribe_logs(request):
         client_id, enabled = body["clientId"], body["enabled"]
     except (BadRequest, KeyError) as e:
         return bad_request(f"expected {{clientId, enabled}}: {e}")
-    logs.subscribe(request.app[HUB], client_id, bool(enabled))
+    logs.subscribe(request.config_dict[HUB], client_id, bool(enabled))
     return web.Response(status=200)
 
 
