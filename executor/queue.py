@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import heapq
+import logging
 import threading
 from typing import Callable, NamedTuple, Optional
 
 from executor.store import MemoryStore, interrupted_entry
+
+log = logging.getLogger(__name__)
 
 
 class ExecutionStatus(NamedTuple):
@@ -44,34 +47,52 @@ class PromptQueue:
         self._restore()
 
     def _restore(self) -> None:
-        """Re-queue what was pending; record what was running when the process died as
-        interrupted (it is not run twice)."""
-        pending, interrupted, history, counter = self.store.load()
-        self.history = history
-        numbers = [job[0] for _, job in pending + interrupted if isinstance(job[0], int)]
-        self.number_counter = max([counter] + [n + 1 for n in numbers])
-        for key, job in interrupted:
-            entry = interrupted_entry(job, "the server stopped while this prompt was running")
-            self.store.add_history(job[1], entry, self.max_history)
-            self.store.remove_job(key)
-            self.history.pop(job[1], None)
-            self.history[job[1]] = entry
-        for key, job in pending:
+        """Re-queue what was pending (same numbers, ids, extra_data); record what was running
+        when the process stopped as interrupted, so it is never run twice."""
+        self.store.trim_history(self.max_history)  # --max-history may have been lowered
+        snap = self.store.load()
+        self.history = snap.history
+        seen = [job[0] for _, job in snap.pending] + [job[0] for _, job, _ in snap.running]
+        seen += [entry["prompt"][0] for entry in snap.history.values()
+                 if isinstance(entry, dict) and isinstance(entry.get("prompt"), list) and entry["prompt"]]
+        # the counter continues above every number it handed out (front numbers are negated)
+        self.number_counter = max([snap.counter] + [abs(n) + 1 for n in seen
+                                                    if isinstance(n, int) and not isinstance(n, bool)])
+        for key, job, started in snap.running:
+            self._add_history(key, job[1], interrupted_entry(job, started))
+        for key, job in snap.pending:
             self._keys[id(job)] = key
             heapq.heappush(self.queue, job)
+
+    def _add_history(self, key, prompt_id: str, entry: dict) -> None:
+        """Store first, then the cache: oldest entries beyond max_history are dropped."""
+        self._save(self.store.finish_job, key, prompt_id, entry, self.max_history)
+        self.history.pop(prompt_id, None)
+        while len(self.history) >= self.max_history > 0:
+            self.history.pop(next(iter(self.history)))
+        self.history[prompt_id] = entry
+
+    @staticmethod
+    def _save(write, *args):
+        """A failing store (disk full, file removed) is logged; the queue keeps working from memory."""
+        try:
+            return write(*args)
+        except Exception:
+            log.exception("could not write the queue store (%s)", write.__name__)
+            return None
 
     # -- numbering ------------------------------------------------------------
     def next_number(self, front: bool = False) -> int:
         with self.mutex:
             n = self.number_counter
             self.number_counter += 1
-            self.store.set_counter(self.number_counter)
+            self._save(self.store.set_counter, self.number_counter)
             return -n if front else n
 
     # -- pending / running ----------------------------------------------------
     def put(self, item: tuple) -> None:
         with self.mutex:
-            self._keys[id(item)] = self.store.add_job(item)
+            self._keys[id(item)] = self._save(self.store.add_job, item)
             heapq.heappush(self.queue, item)
             self.on_change()
             self.not_empty.notify()
@@ -86,7 +107,7 @@ class PromptQueue:
             item = heapq.heappop(self.queue)
             key = self._keys.pop(id(item), None)
             if key is not None:
-                self.store.mark_running(key)
+                self._save(self.store.mark_running, key)
             item_id = self.task_counter
             self.running_keys[item_id] = key
             self.currently_running[item_id] = copy.deepcopy(item)
@@ -98,20 +119,13 @@ class PromptQueue:
         """Move a running job into history. `history_result` holds "outputs" and "meta"."""
         with self.mutex:
             item = self.currently_running.pop(item_id)
-            while len(self.history) >= self.max_history > 0:
-                self.history.pop(next(iter(self.history)))
             entry = {
                 "prompt": public_job(item),
                 "outputs": {},
                 "status": copy.deepcopy(status._asdict()) if status is not None else None,
             }
             entry.update(history_result)
-            self.store.add_history(item[1], entry, self.max_history)
-            key = self.running_keys.pop(item_id, None)
-            if key is not None:
-                self.store.remove_job(key)
-            self.history.pop(item[1], None)
-            self.history[item[1]] = entry
+            self._add_history(self.running_keys.pop(item_id, None), item[1], entry)
             self.on_change()
 
     def get_current_queue(self) -> tuple[list, list]:
@@ -130,7 +144,7 @@ class PromptQueue:
 
     def wipe_queue(self) -> None:
         with self.mutex:
-            self.store.clear_pending()
+            self._save(self.store.clear_pending)
             self._keys.clear()
             self.queue = []
             self.on_change()
@@ -141,7 +155,7 @@ class PromptQueue:
                 if predicate(item):
                     key = self._keys.pop(id(item), None)
                     if key is not None:
-                        self.store.remove_job(key)
+                        self._save(self.store.remove_job, key)
                     self.queue.pop(i)
                     heapq.heapify(self.queue)
                     self.on_change()
@@ -156,6 +170,8 @@ class PromptQueue:
                 if prompt_id in self.history:
                     return {prompt_id: copy.deepcopy(self.history[prompt_id])}
                 return {}
+            if max_items is not None and max_items <= 0:
+                return {}
             keys = list(self.history)
             if offset < 0 and max_items is not None:
                 offset = len(keys) - max_items
@@ -167,12 +183,12 @@ class PromptQueue:
 
     def wipe_history(self) -> None:
         with self.mutex:
-            self.store.clear_history()
+            self._save(self.store.clear_history)
             self.history = {}
 
     def delete_history_item(self, prompt_id: str) -> None:
         with self.mutex:
-            self.store.remove_history(prompt_id)
+            self._save(self.store.remove_history, prompt_id)
             self.history.pop(prompt_id, None)
 
     # -- flags set by POST /free ---------------------------------------------
