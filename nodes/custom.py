@@ -60,15 +60,22 @@ def _load_v3_extension(entrypoint, name) -> list[str]:
     async def run():
         ext = await entrypoint() if inspect.iscoroutinefunction(entrypoint) else entrypoint()
         return await ext.get_node_list()
-    node_list = asyncio.run(run())
-    names = []
+    node_list = _run_coroutine(run())
+    from nodes.v3 import register_v3
     for cls in node_list:
-        schema = cls.GET_SCHEMA() if hasattr(cls, "GET_SCHEMA") else None
-        node_id = schema.node_id if schema is not None else cls.__name__
         cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{name}"
-        register({node_id: cls})
-        names.append(node_id)
-    return names
+    return list(register_v3(node_list, f"custom_nodes.{name}", register))
+
+
+def _run_coroutine(coro):
+    """Run a coroutine to completion even when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def pack_paths(folders_list: list[str]) -> list[str]:

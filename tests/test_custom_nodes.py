@@ -1,0 +1,141 @@
+"""Custom node packs load unchanged: V1 and V3 packs, web directories, routes, broken packs."""
+import json
+import textwrap
+
+import pytest
+
+from wsclient import run_prompt
+
+V1_PACK = textwrap.dedent('''
+    import folder_paths
+    from server import PromptServer
+    from aiohttp import web
+    from comfy.comfy_types import IO
+    import comfy.utils
+    from comfy_execution.graph_utils import GraphBuilder
+
+    @PromptServer.instance.routes.get("/mypack/hello")
+    async def hello(request):
+        return web.json_response({"hello": folder_paths.get_output_directory()})
+
+    class Doubler:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"value": (IO.INT, {"default": 2})}, "hidden": {"uid": "UNIQUE_ID"}}
+        RETURN_TYPES = (IO.INT,)
+        FUNCTION = "go"
+        CATEGORY = "mypack"
+        def go(self, value, uid):
+            bar = comfy.utils.ProgressBar(2)
+            bar.update(1); bar.update(1)
+            PromptServer.instance.send_sync("mypack.event", {"uid": uid})
+            return (value * 2,)
+
+    class Shout:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"value": ("INT",)}}
+        RETURN_TYPES = ()
+        OUTPUT_NODE = True
+        FUNCTION = "go"
+        def go(self, value):
+            return {"ui": {"text": [f"{value}!"]}}
+
+    NODE_CLASS_MAPPINGS = {"MyDoubler": Doubler, "MyShout": Shout}
+    NODE_DISPLAY_NAME_MAPPINGS = {"MyDoubler": "My Doubler"}
+    WEB_DIRECTORY = "./js"
+''')
+
+V3_PACK = textwrap.dedent('''
+    from comfy_api.latest import ComfyExtension, io
+
+    class Triple(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="V3Triple", display_name="Triple It", category="v3pack",
+                             inputs=[io.Int.Input("value", default=1, min=0, max=100)],
+                             outputs=[io.Int.Output(display_name="tripled")],
+                             hidden=[io.Hidden.unique_id])
+
+        @classmethod
+        def validate_inputs(cls, value):
+            return True if value != 13 else "unlucky"
+
+        @classmethod
+        def execute(cls, value):
+            assert cls.hidden.unique_id is not None
+            return io.NodeOutput(value * 3)
+
+    class Ext(ComfyExtension):
+        async def get_node_list(self):
+            return [Triple]
+
+    async def comfy_entrypoint():
+        return Ext()
+''')
+
+
+@pytest.fixture
+async def pack_client(aiohttp_client, make_args, base_dir):
+    packs = base_dir / "custom_nodes"
+    (packs / "mypack" / "js").mkdir(parents=True)
+    (packs / "mypack" / "__init__.py").write_text(V1_PACK)
+    (packs / "mypack" / "js" / "ui.js").write_text("console.log('hi')")
+    (packs / "mypack" / "locales" / "en").mkdir(parents=True)
+    (packs / "mypack" / "locales" / "en" / "main.json").write_text(json.dumps({"greeting": "hi"}))
+    (packs / "mypack" / "example_workflows").mkdir()
+    (packs / "mypack" / "example_workflows" / "demo.json").write_text("{}")
+    (packs / "mypack" / "subgraphs").mkdir()
+    (packs / "mypack" / "subgraphs" / "sg.json").write_text('{"nodes": []}')
+    (packs / "v3pack.py").write_text(V3_PACK)
+    (packs / "broken.py").write_text("raise RuntimeError('this pack is broken')")
+    from server.app import create_app
+    return await aiohttp_client(create_app(make_args()))
+
+
+async def test_packs_load_and_describe(pack_client):
+    info = await (await pack_client.get("/object_info")).json()
+    assert info["MyDoubler"]["display_name"] == "My Doubler"
+    assert info["MyDoubler"]["python_module"] == "custom_nodes.mypack"
+    assert info["V3Triple"]["python_module"] == "custom_nodes.v3pack"
+    assert info["V3Triple"]["input"]["hidden"] == {"unique_id": ["UNIQUE_ID"]}
+    assert info["V3Triple"]["output_name"] == ["tripled"]
+    assert (await (await pack_client.get("/mypack/hello")).json())["hello"].endswith("output")
+    assert (await pack_client.get("/api/mypack/hello")).status == 200
+
+
+async def test_web_directory_i18n_templates_subgraphs(pack_client):
+    assert "/extensions/mypack/ui.js" in await (await pack_client.get("/extensions")).json()
+    r = await pack_client.get("/extensions/mypack/ui.js")
+    assert r.status == 200 and "console.log" in await r.text()
+    assert (await (await pack_client.get("/i18n")).json())["en"]["greeting"] == "hi"
+    assert await (await pack_client.get("/workflow_templates")).json() == {"mypack": ["demo"]}
+    subgraphs = await (await pack_client.get("/global_subgraphs")).json()
+    (sid, entry), = subgraphs.items()
+    assert entry == {"source": "custom_node", "name": "sg", "info": {"node_pack": "custom_nodes.mypack"}}
+    full = await (await pack_client.get(f"/global_subgraphs/{sid}")).json()
+    assert full["data"] == '{"nodes": []}'
+    assert await (await pack_client.get("/global_subgraphs/nope")).json() is None
+
+
+async def test_pack_nodes_run(pack_client):
+    g = {"1": {"class_type": "V3Triple", "inputs": {"value": 4}},
+         "2": {"class_type": "MyDoubler", "inputs": {"value": ["1", 0]}},
+         "3": {"class_type": "MyShout", "inputs": {"value": ["2", 0]}}}
+    _, events, hist = await run_prompt(pack_client, g)
+    assert hist["outputs"]["3"] == {"text": ["24!"]}
+    assert ("mypack.event", {"uid": "2"}) in events
+    assert [d["value"] for t, d in events if t == "progress"] == [1, 2]
+    bad = json.loads(json.dumps(g))
+    bad["1"]["inputs"]["value"] = 13
+    r = await pack_client.post("/prompt", data=json.dumps({"prompt": bad}))
+    body = await r.json()
+    assert body["node_errors"]["1"]["errors"][0]["details"] == "value - unlucky"
+
+
+async def test_disable_all_custom_nodes(aiohttp_client, make_args, base_dir):
+    (base_dir / "custom_nodes").mkdir()
+    (base_dir / "custom_nodes" / "solo.py").write_text(V3_PACK.replace("V3Triple", "SoloTriple"))
+    from server.app import create_app
+    c = await aiohttp_client(create_app(make_args("--disable-all-custom-nodes")))
+    assert await (await c.get("/object_info/SoloTriple")).json() == {}
