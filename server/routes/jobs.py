@@ -1,4 +1,5 @@
-"""/api/jobs and /api/jobs/{id} (declared with the /api prefix, so also /api/api/jobs)."""
+"""/api/jobs and /api/jobs/{id} (API.md §2.11): one view over running, pending and finished
+prompts. Declared with the /api prefix, so the app also serves /api/api/jobs, and no /jobs."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -18,7 +19,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     q = request.rel_url.query
     statuses = None
     if "status" in q:
-        statuses = [s.strip() for s in q["status"].split(",") if s.strip()]
+        statuses = [s.strip().lower() for s in q["status"].split(",") if s.strip()]
         bad = [s for s in statuses if s not in jobs.ALL_STATUSES]
         if bad:
             return _err(f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(jobs.ALL_STATUSES)}")
@@ -53,8 +54,9 @@ async def list_jobs(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
+    job_id = request.match_info["job_id"]
     running, pending = queue.get_current_queue()
-    job = jobs.find_job(request.match_info["job_id"], running, pending, queue.get_history())
+    job = jobs.find_job(job_id, running, pending, queue.get_history(prompt_id=job_id))
     if job is None:
         return web.json_response({"error": "Job not found"}, status=404)
     return web.json_response(job)
