@@ -1,4 +1,6 @@
-"""The queue and history survive restarts, including a SIGKILL while a prompt runs."""
+"""The queue and history survive a SIGKILL of `python -m server` while a prompt runs: the
+running prompt is recorded as interrupted and never run again, the pending ones run after the
+restart in their priority order, none lost and none duplicated."""
 import json
 import os
 import signal
@@ -6,72 +8,44 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
-from executor.queue import ExecutionStatus, PromptQueue
-from executor.store import SqliteStore
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A custom node pack: SlowEcho appends "start <tag>" / "end <tag>" to a log file, so the test
+# sees exactly which prompts ran and how often, and sleeps in small steps so it can be interrupted.
 SLOW_PACK = '''
 import time
 from models.progress import check_interrupted
 
+
 class SlowEcho:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seconds": ("FLOAT", {"default": 1.0}), "tag": ("STRING", {"default": ""})}}
+        return {"required": {"seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0}),
+                             "tag": ("STRING", {"default": ""}), "log": ("STRING", {"default": ""})}}
     RETURN_TYPES = ()
     FUNCTION = "run"
     OUTPUT_NODE = True
+    CATEGORY = "testing"
 
-    def run(self, seconds, tag):
+    def run(self, seconds, tag, log):
+        with open(log, "a") as f:
+            f.write(f"start {tag}\\n")
         end = time.time() + seconds
         while time.time() < end:
             check_interrupted()
             time.sleep(0.02)
+        with open(log, "a") as f:
+            f.write(f"end {tag}\\n")
         return {"ui": {"text": [tag]}}
+
 
 NODE_CLASS_MAPPINGS = {"SlowEcho": SlowEcho}
 '''
-
-
-def job(n, pid):
-    return (n, pid, {"1": {"class_type": "X", "inputs": {}}}, {"client_id": "c", "create_time": 1}, ["1"], {"k": "v"})
-
-
-def test_store_roundtrip_and_interrupted_job(tmp_path):
-    path = str(tmp_path / "q.sqlite3")
-    q = PromptQueue(store=SqliteStore(path))
-    for i, pid in enumerate(["a", "b", "c"]):
-        q.put(job(q.next_number(), pid))
-    item, item_id = q.get()
-    q.task_done(item_id, {"outputs": {"1": {"text": ["x"]}}, "meta": {}}, ExecutionStatus("success", True, []))
-    q.get()  # "b" is now running and the process "dies"
-    q2 = PromptQueue(store=SqliteStore(path))
-    running, pending = q2.get_current_queue()
-    assert running == [] and [p[1] for p in pending] == ["c"]
-    assert pending[0][3] == {"client_id": "c", "create_time": 1}
-    hist = q2.get_history()
-    assert list(hist) == ["a", "b"]
-    assert hist["a"]["outputs"] == {"1": {"text": ["x"]}}
-    assert hist["b"]["status"]["status_str"] == "error" and hist["b"]["status"]["completed"] is False
-    assert q2.next_number() == 3  # the counter continues
-    again = PromptQueue(store=SqliteStore(path))
-    assert list(again.get_history()) == ["a", "b"] and len(again.get_current_queue()[1]) == 1
-
-
-def test_history_limit_is_kept_on_disk(tmp_path):
-    path = str(tmp_path / "q.sqlite3")
-    q = PromptQueue(store=SqliteStore(path), max_history=2)
-    for pid in "abc":
-        q.put(job(q.next_number(), pid))
-        item, item_id = q.get()
-        q.task_done(item_id, {"outputs": {}, "meta": {}}, ExecutionStatus("success", True, []))
-    assert list(q.get_history()) == ["b", "c"]
-    assert list(PromptQueue(store=SqliteStore(path), max_history=2).get_history()) == ["b", "c"]
 
 
 def _free_port():
@@ -83,67 +57,114 @@ def _free_port():
 def _start(base, port):
     return subprocess.Popen([sys.executable, "-m", "server", "--base-directory", str(base), "--port", str(port),
                              "--cpu", "--dont-print-server"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=open(base / f"server-{port}-{time.time()}.log", "w"))
 
 
-def _get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return json.loads(r.read())
+def _request(port, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data),
+                                timeout=10) as r:
+        text = r.read()
+        return json.loads(text) if text else None
 
 
-def _wait_up(port, proc, seconds=40):
-    for _ in range(seconds * 10):
+def _wait_up(port, proc, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited")
+            raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            return _get(port, "/system_stats")
-        except OSError:
+            return _request(port, "/system_stats")
+        except (OSError, urllib.error.URLError):
             time.sleep(0.1)
     raise RuntimeError("server did not start")
 
 
-def _post(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/prompt", data=json.dumps(body).encode())
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+def _wait_for(predicate, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _prompt(tag, seconds, log):
+    return {"1": {"class_type": "SlowEcho", "inputs": {"seconds": seconds, "tag": tag, "log": str(log)}}}
+
+
+def _log_lines(log):
+    return log.read_text().split() if log.exists() else []
 
 
 @pytest.mark.slow
 def test_sigkill_with_running_and_pending_prompts(tmp_path):
     (tmp_path / "custom_nodes").mkdir()
     (tmp_path / "custom_nodes" / "slow_pack.py").write_text(SLOW_PACK)
+    log = tmp_path / "runs.log"
     port = _free_port()
     proc = _start(tmp_path, port)
     try:
         _wait_up(port, proc)
-        ids = []
-        for i, seconds in enumerate([30.0, 0.1, 0.2, 0.3]):
-            prompt = {"1": {"class_type": "SlowEcho", "inputs": {"seconds": seconds, "tag": f"t{i}"}}}
-            ids.append(_post(port, {"prompt": prompt})["prompt_id"])
-        for _ in range(100):
-            if _get(port, "/queue")["queue_running"]:
-                break
-            time.sleep(0.1)
-        assert _get(port, "/queue")["queue_running"][0][1] == ids[0]
+        long_run = _request(port, "/prompt", {"prompt": _prompt("t0", 120.0, log), "client_id": "c1"})
+        _wait_for(lambda: "t0" in _log_lines(log))  # t0 is running
+        queued = [_request(port, "/prompt", {"prompt": _prompt(f"t{i}", 0.05, log),
+                                             "extra_data": {"api_key_comfy_org": "sk-secret", "mine": i}})
+                  for i in (1, 2, 3)]
+        front = _request(port, "/prompt", {"prompt": _prompt("t4", 0.05, log), "front": True})
+        before = _request(port, "/queue")
+        assert [x[1] for x in before["queue_running"]] == [long_run["prompt_id"]]
+        assert len(before["queue_pending"]) == 4
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert _log_lines(log) == ["start", "t0"]
 
     proc = _start(tmp_path, port)
     try:
         _wait_up(port, proc)
-        for _ in range(200):
-            q = _get(port, "/queue")
-            if not q["queue_running"] and not q["queue_pending"]:
-                break
-            time.sleep(0.1)
-        history = _get(port, "/history")
+        _wait_for(lambda: _log_lines(log).count("end") == 4)
+        _wait_for(lambda: _request(port, "/queue") == {"queue_running": [], "queue_pending": []})
+        # the front prompt first, then the rest by number; t0 never started again
+        starts = [tag for word, tag in zip(_log_lines(log)[::2], _log_lines(log)[1::2]) if word == "start"]
+        assert starts == ["t0", "t4", "t1", "t2", "t3"]
+
+        history = _request(port, "/history")
+        ids = [long_run["prompt_id"]] + [q["prompt_id"] for q in queued] + [front["prompt_id"]]
         assert sorted(history) == sorted(ids)  # none lost, none duplicated
-        assert history[ids[0]]["status"]["status_str"] == "error"
-        assert history[ids[0]]["status"]["messages"][0][0] == "execution_interrupted"
-        for i, pid in enumerate(ids[1:], start=1):
-            assert history[pid]["status"]["status_str"] == "success"
-            assert history[pid]["outputs"]["1"] == {"text": [f"t{i}"]}
+        assert list(history)[0] == long_run["prompt_id"]  # recorded first, at the restart
+        interrupted = history[long_run["prompt_id"]]
+        assert interrupted["status"]["status_str"] == "error" and interrupted["status"]["completed"] is False
+        last = interrupted["status"]["messages"][-1]
+        assert last[0] == "execution_interrupted" and "restarted" in last[1]["reason"]
+        assert interrupted["prompt"][3]["client_id"] == "c1"
+        for i, q in enumerate(queued, start=1):
+            entry = history[q["prompt_id"]]
+            assert entry["status"]["status_str"] == "success"
+            assert entry["outputs"]["1"] == {"text": [f"t{i}"]}
+            assert entry["prompt"][0] == q["number"] and entry["prompt"][3]["mine"] == i
+            assert "create_time" in entry["prompt"][3]
+        assert history[front["prompt_id"]]["prompt"][0] == front["number"] < 0
+        assert "sk-secret" not in json.dumps(history)
+        assert _request(port, f"/api/jobs/{long_run['prompt_id']}")["status"] == "failed"
+
+        # the counter continues above every number handed out before the kill
+        after = _request(port, "/prompt", {"prompt": _prompt("t5", 0.0, log)})
+        assert after["number"] > max(abs(x["number"]) for x in [long_run, front] + queued)
+        _wait_for(lambda: after["prompt_id"] in _request(port, "/history"))
+        assert _log_lines(log).count("t0") == 1
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    # a third start: nothing left to run, nothing re-recorded
+    proc = _start(tmp_path, port)
+    try:
+        _wait_up(port, proc)
+        assert _request(port, "/queue") == {"queue_running": [], "queue_pending": []}
+        assert len(_request(port, "/history")) == 6
+        assert _log_lines(log).count("start") == 6
     finally:
         proc.terminate()
         proc.wait()
