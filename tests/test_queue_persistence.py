@@ -55,9 +55,9 @@ def _free_port():
 
 
 def _start(base, port):
-    return subprocess.Popen([sys.executable, "-m", "server", "--base-directory", str(base), "--port", str(port),
-                             "--cpu", "--dont-print-server"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=open(base / f"server-{port}-{time.time()}.log", "w"))
+    with open(base / f"server-{time.time()}.log", "w") as err:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "server", "--base-directory", str(base), "--port", str(port),
+                                 "--cpu", "--dont-print-server"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def _request(port, path, body=None):
