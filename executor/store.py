@@ -100,12 +100,50 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
 
 
-class SqliteStore(MemoryStore):
-    """One connection shared by the HTTP thread and the worker, serialised by a lock."""
+def _lock_file(path: str):
+    """An open file holding an exclusive lock on `path`, or None when another process (or
+    another store in this one) holds it. The OS drops the lock when the process dies."""
+    f = open(path, "a+b")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+    except OSError:
+        f.close()
+        return None
 
-    def __init__(self, path: str):
+
+def open_store(directory: str, port: int) -> MemoryStore:
+    """The store for a server: `queue.sqlite3` in `directory`. Servers sharing a base directory
+    (one per GPU, say) must not share a queue, or a second one starting would re-queue the
+    first one's prompts and run them twice; while the file is taken, `queue-<port>.sqlite3` is
+    used, and if that is taken too the queue is kept in memory only."""
+    os.makedirs(directory, exist_ok=True)
+    for name in ("queue.sqlite3", f"queue-{port}.sqlite3"):
+        path = os.path.join(directory, name)
+        lock = _lock_file(path + ".lock")
+        if lock is not None:
+            if name != "queue.sqlite3":
+                log.warning("another server uses %s; this one keeps its queue in %s",
+                            os.path.join(directory, "queue.sqlite3"), path)
+            return SqliteStore(path, lock=lock)
+    log.error("the queue files in %s are in use by other servers; this queue will not survive a restart",
+              directory)
+    return MemoryStore()
+
+
+class SqliteStore(MemoryStore):
+    """One connection shared by the HTTP thread and the worker, serialised by a lock.
+    `lock` is an open lock file (see open_store) released by close()."""
+
+    def __init__(self, path: str, lock=None):
         self.path = path
         self.lock = threading.Lock()
+        self.file_lock = lock
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             self.db = self._open()
@@ -219,6 +257,9 @@ class SqliteStore(MemoryStore):
     def close(self) -> None:
         with self.lock:
             self.db.close()
+            if self.file_lock is not None:
+                self.file_lock.close()
+                self.file_lock = None
 
 
 RESTART_REASON = "the server restarted while this prompt was running; it was not run again"

@@ -101,9 +101,9 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     def broadcast_status():
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
 
-    from executor.store import SqliteStore
+    from executor.store import open_store
     # "__" folders are system users that no HTTP request can read (the file holds the sensitive slot)
-    store = SqliteStore(os.path.join(folders.state().user, "__comfyd", "queue.sqlite3"))
+    store = open_store(os.path.join(folders.state().user, "__comfyd"), args.port)
     queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
     executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru)

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 from executor.queue import ExecutionStatus, PromptQueue
-from executor.store import MemoryStore, SqliteStore
+from executor.store import MemoryStore, SqliteStore, open_store
 
 OK = ExecutionStatus("success", True, [])
 
@@ -210,3 +210,19 @@ def test_get_history_selection_rules():
     assert q.get_history(offset=5) == {} and q.get_history(max_items=0) == {}
     assert list(q.get_history(max_items=9)) == list("abcde")
     assert list(q.get_history(prompt_id="c")) == ["c"] and q.get_history(prompt_id="zz") == {}
+
+
+def test_servers_sharing_a_folder_get_separate_queues(tmp_path, caplog):
+    first = open_store(str(tmp_path), 8188)
+    PromptQueue(store=first).put(job(0, "mine"))
+    second = open_store(str(tmp_path), 8189)  # e.g. a second GPU's server on the same base directory
+    assert os.path.basename(second.path) == "queue-8189.sqlite3"
+    assert PromptQueue(store=second).get_current_queue() == ([], [])  # it does not take "mine"
+    third = open_store(str(tmp_path), 8189)
+    assert type(third) is MemoryStore and "will not survive a restart" in caplog.text
+    first.close()
+    again = open_store(str(tmp_path), 8188)
+    assert os.path.basename(again.path) == "queue.sqlite3"
+    assert [p[1] for p in PromptQueue(store=again).get_current_queue()[1]] == ["mine"]
+    second.close()
+    again.close()
