@@ -18,6 +18,8 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.batch", "comfy_extras.nodes_rebatch"),
     ("nodes.mask", "comfy_extras.nodes_mask"),
     ("nodes.compositing", "comfy_extras.nodes_compositing"),
+    ("nodes.sampling_schedulers", "comfy_extras.nodes_custom_sampler"),
+    ("nodes.sampling_custom", "comfy_extras.nodes_custom_sampler"),
 ]
 
 

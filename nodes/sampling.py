@@ -22,12 +22,15 @@ def fix_empty_latent_channels(model, latent: torch.Tensor) -> torch.Tensor:
     return latent
 
 
-def step_callback(model, steps: int):
-    """Progress (and a preview, when a preview method is active) after every step."""
+def step_callback(model, steps: int, x0_output: dict | None = None):
+    """Progress (and a preview, when a preview method is active) after every step; the last
+    x0 estimate is kept in x0_output["x0"] when a dict is given."""
     previewer = preview.get_previewer(model.model.latent_format, getattr(model, "taesd_loader", None))
     bar = ProgressBar(steps)
 
     def callback(step, x0, x, total_steps):
+        if x0_output is not None:
+            x0_output["x0"] = x0
         bar.update_absolute(step + 1, total_steps, preview.preview_payload(previewer, x0))
     return callback
 

@@ -176,18 +176,32 @@ class CFGGuider:
         self.cfg = 1.0
 
     def set_conds(self, positive, negative=None):
-        self.original_conds = {"positive": convert_cond(positive)}
+        conds = {"positive": positive}
         if negative is not None:
-            self.original_conds["negative"] = convert_cond(negative)
+            conds["negative"] = negative
+        self.inner_set_conds(conds)
+
+    def inner_set_conds(self, conds: dict):
+        for k, v in conds.items():
+            self.original_conds[k] = convert_cond(v)
 
     def set_cfg(self, cfg: float):
         self.cfg = cfg
 
+    @property
+    def model_patcher(self):
+        return self.patcher
+
     def __call__(self, x, sigma, model_options=None, seed=None):
+        return self.predict_noise(x, sigma, model_options or {}, seed)
+
+    def predict_noise(self, x, sigma, model_options=None, seed=None):
+        """The guided estimate; guiders with other formulas override this."""
         return sampling_function(self.inner_model, x, sigma, self.conds.get("negative"), self.conds.get("positive"),
                                  self.cfg, model_options=model_options or {}, seed=seed)
 
-    def sample(self, noise, latent_image, sampler_name: str, sigmas, denoise_mask=None, callback=None, seed=None):
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, seed=None):
+        """`sampler`: a KSamplerObject or a sampler name."""
         if sigmas.shape[-1] == 0:
             return latent_image
         model = self.inner_model = self.patcher.model
@@ -204,8 +218,10 @@ class CFGGuider:
         options = dict(self.model_options)
         options["transformer_options"] = {**options.get("transformer_options", {}), "sample_sigmas": sigmas}
         try:
-            samples = run_sampler(self, sampler_name, sigmas, {"model_options": options, "seed": seed},
-                                  callback, noise, latent_image, denoise_mask)
+            if isinstance(sampler, str):
+                sampler = sampler_object(sampler)
+            samples = sampler.sample(self, sigmas, {"model_options": options, "seed": seed}, callback, noise,
+                                     latent_image, denoise_mask)
         finally:
             for k in self.conds:
                 for c in self.conds[k]:
@@ -243,21 +259,34 @@ def max_denoise(ms, sigmas) -> bool:
     return math.isclose(top, first, rel_tol=1e-05) or first > top
 
 
-def run_sampler(guider, sampler_name, sigmas, extra_args, callback, noise, latent_image, denoise_mask):
-    ms = guider.inner_model.model_sampling
-    extra_args["denoise_mask"] = denoise_mask
-    denoiser = _InpaintDenoiser(guider, sigmas, latent_image, noise)
-    if sampler_name == "ddim":  # ddim = euler, but its inpaint re-noise uses its own seeded noise
-        generator = torch.manual_seed(extra_args.get("seed", 41) + 1)
-        denoiser.noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
-    x = ms.noise_scaling(sigmas[0], noise, latent_image, max_denoise(ms, sigmas))
-    total = len(sigmas) - 1
-    k_callback = None
-    if callback is not None:
-        k_callback = lambda d: callback(d["i"], d["denoised"], d["x"], total)  # noqa: E731
-    fn = get_sampler(sampler_name)
-    samples = fn(denoiser, x, sigmas, extra_args=extra_args, callback=k_callback, disable=True)
-    return ms.inverse_noise_scaling(sigmas[-1], samples)
+class KSamplerObject:
+    """A SAMPLER value: a sampler function with fixed options. `sample` scales the starting
+    noise, wraps the guider for inpainting, and maps the step callback."""
+
+    def __init__(self, function, extra_options: dict | None = None, inpaint_random: bool = False):
+        self.function = function
+        self.extra_options = extra_options or {}
+        self.inpaint_random = inpaint_random
+
+    def sample(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask):
+        ms = guider.inner_model.model_sampling
+        extra_args["denoise_mask"] = denoise_mask
+        denoiser = _InpaintDenoiser(guider, sigmas, latent_image, noise)
+        if self.inpaint_random:  # ddim: the re-noised keep-area uses its own seeded noise
+            generator = torch.manual_seed(extra_args.get("seed", 41) + 1)
+            denoiser.noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
+        x = ms.noise_scaling(sigmas[0], noise, latent_image, max_denoise(ms, sigmas))
+        total = len(sigmas) - 1
+        k_callback = None
+        if callback is not None:
+            k_callback = lambda d: callback(d["i"], d["denoised"], d["x"], total)  # noqa: E731
+        samples = self.function(denoiser, x, sigmas, extra_args=extra_args, callback=k_callback, disable=True,
+                                **self.extra_options)
+        return ms.inverse_noise_scaling(sigmas[-1], samples)
+
+
+def sampler_object(name: str, extra_options: dict | None = None) -> KSamplerObject:
+    return KSamplerObject(get_sampler(name), extra_options, inpaint_random=name == "ddim")
 
 
 def sample(patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
@@ -273,4 +302,4 @@ def sample(patcher, noise, steps, cfg, sampler_name, scheduler, positive, negati
     guider = CFGGuider(patcher)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    return guider.sample(noise, latent_image, sampler_name, window, noise_mask, callback, seed)
+    return guider.sample(noise, latent_image, sampler_object(sampler_name), window, noise_mask, callback, seed)
