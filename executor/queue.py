@@ -124,7 +124,7 @@ class PromptQueue:
                 "outputs": {},
                 "status": copy.deepcopy(status._asdict()) if status is not None else None,
             }
-            entry.update(history_result)
+            entry.update(copy.deepcopy(history_result))  # owned by the queue from here on, never mutated
             self._add_history(self.running_keys.pop(item_id, None), item[1], entry)
             self.on_change()
 
@@ -164,11 +164,14 @@ class PromptQueue:
 
     # -- history --------------------------------------------------------------
     def get_history(self, prompt_id: str | None = None, max_items: int | None = None,
-                    offset: int = -1) -> dict:
+                    offset: int = -1, deep: bool = True) -> dict:
+        """`deep=False` hands out the stored entries themselves (a full history deep-copied
+        takes seconds): for callers that only read them, such as the JSON routes."""
+        clone = copy.deepcopy if deep else (lambda entry: entry)
         with self.mutex:
             if prompt_id is not None:
                 if prompt_id in self.history:
-                    return {prompt_id: copy.deepcopy(self.history[prompt_id])}
+                    return {prompt_id: clone(self.history[prompt_id])}
                 return {}
             if max_items is not None and max_items <= 0:
                 return {}
@@ -179,7 +182,7 @@ class PromptQueue:
             selected = keys[offset:]
             if max_items is not None:
                 selected = selected[:max_items]
-            return {k: copy.deepcopy(self.history[k]) for k in selected}
+            return {k: clone(self.history[k]) for k in selected}
 
     def wipe_history(self) -> None:
         with self.mutex:

@@ -236,9 +236,9 @@ class SqliteStore(MemoryStore):
             self.db.execute("COMMIT")
 
     def _trim(self, max_items: int) -> None:
-        if max_items > 0:
-            self.db.execute("DELETE FROM history WHERE seq NOT IN "
-                            "(SELECT seq FROM history ORDER BY seq DESC LIMIT ?)", (max_items,))
+        if max_items > 0:  # everything at or below the newest-but-max_items sequence number (index walks)
+            self.db.execute("DELETE FROM history WHERE seq <= "
+                            "(SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)", (max_items,))
 
     def trim_history(self, max_items: int) -> None:
         with self.lock:

@@ -226,3 +226,16 @@ def test_servers_sharing_a_folder_get_separate_queues(tmp_path, caplog):
     assert [p[1] for p in PromptQueue(store=again).get_current_queue()[1]] == ["mine"]
     second.close()
     again.close()
+
+
+def test_history_entries_are_owned_by_the_queue():
+    q = PromptQueue()
+    q.put(job(q.next_number(), "a"))
+    item, item_id = q.get(timeout=1)
+    result = {"outputs": {"1": {"text": ["x"]}}, "meta": {}}
+    q.task_done(item_id, result, OK)
+    result["outputs"]["1"]["text"].append("changed later by the executor")
+    assert q.get_history(deep=False)["a"]["outputs"] == {"1": {"text": ["x"]}}
+    copied = q.get_history()
+    copied["a"]["outputs"].clear()  # the default hands out copies
+    assert q.get_history(prompt_id="a", deep=False)["a"]["outputs"] == {"1": {"text": ["x"]}}

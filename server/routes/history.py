@@ -30,18 +30,20 @@ async def get_history(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
     prompt_id = request.rel_url.query.get("prompt_id")
     if prompt_id:
-        return web.json_response(queue.get_history(prompt_id=prompt_id))
+        return web.json_response(queue.get_history(prompt_id=prompt_id, deep=False))
     try:
         max_items = _int_param(request, "max_items", minimum=0)
         offset = _int_param(request, "offset")  # negative means "not given", as in ComfyUI
     except BadRequest as e:
         return bad_request(str(e))
-    return web.json_response(queue.get_history(max_items=max_items, offset=-1 if offset is None else offset))
+    offset = -1 if offset is None else offset
+    return web.json_response(queue.get_history(max_items=max_items, offset=offset, deep=False))
 
 
 @routes.get("/history/{prompt_id}")
 async def get_history_item(request: web.Request) -> web.Response:
-    return web.json_response(request.app[QUEUE].get_history(prompt_id=request.match_info["prompt_id"]))
+    queue = request.app[QUEUE]
+    return web.json_response(queue.get_history(prompt_id=request.match_info["prompt_id"], deep=False))
 
 
 @routes.post("/history")

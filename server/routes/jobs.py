@@ -45,8 +45,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             return _err("offset must be an integer")
     queue = request.app[QUEUE]
     running, pending = queue.get_current_queue()
-    page, total = jobs.list_jobs(running, pending, queue.get_history(), statuses, q.get("workflow_id"), sort_by,
-                                 sort_order, limit, offset)
+    history = queue.get_history(deep=False)  # only read: no copy of what may be 10,000 entries
+    page, total = jobs.list_jobs(running, pending, history, statuses, q.get("workflow_id"), sort_by, sort_order,
+                                 limit, offset)
     return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
                                                            "has_more": offset + len(page) < total}})
 
@@ -56,7 +57,7 @@ async def get_job(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
     job_id = request.match_info["job_id"]
     running, pending = queue.get_current_queue()
-    job = jobs.find_job(job_id, running, pending, queue.get_history(prompt_id=job_id))
+    job = jobs.find_job(job_id, running, pending, queue.get_history(prompt_id=job_id, deep=False))
     if job is None:
         return web.json_response({"error": "Job not found"}, status=404)
     return web.json_response(job)
