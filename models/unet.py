@@ -1,0 +1,210 @@
+"""The latent-diffusion UNet of SD1.x, SD2.x and SDXL (base, refiner, reduced-depth variants).
+
+Attribute names follow the checkpoint keys under `model.diffusion_model.`:
+`time_embed.{0,2}`, `label_emb.0.{0,2}` (SDXL's ADM vector), `input_blocks.N.M`,
+`middle_block.M`, `output_blocks.N.M`, `out.{0,2}`. Block N is a list of layers, each a
+ResBlock (`in_layers`, `emb_layers`, `out_layers`, `skip_connection`), a
+SpatialTransformer (models/attention.py), a Downsample (`op`) or an Upsample (`conv`).
+
+The shape of the network comes from a UNetConfig (models/detect.py), itself read from the
+state dict's shapes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import ops
+from models.attention import SpatialTransformer
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding, cos half first then sin half (float32)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels, emb_channels, out_channels, device=None):
+        super().__init__()
+        self.in_layers = nn.Sequential(ops.GroupNorm(32, channels, device=device), nn.SiLU(),
+                                       ops.Conv2d(channels, out_channels, 3, padding=1, device=device))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_channels, out_channels, device=device))
+        self.out_layers = nn.Sequential(ops.GroupNorm(32, out_channels, device=device), nn.SiLU(), nn.Identity(),
+                                        ops.Conv2d(out_channels, out_channels, 3, padding=1, device=device))
+        if out_channels == channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = ops.Conv2d(channels, out_channels, 1, device=device)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels, device=None):
+        super().__init__()
+        self.op = ops.Conv2d(channels, channels, 3, stride=2, padding=1, device=device)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels, device=None):
+        super().__init__()
+        self.conv = ops.Conv2d(channels, channels, 3, padding=1, device=device)
+
+    def forward(self, x, output_shape=None):
+        # Nearest 2x, or to the size of the skip tensor it will meet (odd latent sizes).
+        size = [x.shape[2] * 2, x.shape[3] * 2] if output_shape is None else list(output_shape[2:4])
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class UNetBlock(nn.ModuleList):
+    """One entry of input_blocks / middle_block / output_blocks: its layers in order."""
+
+    def forward(self, x, emb, context, transformer_options, output_shape=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, transformer_options)
+                transformer_options["transformer_index"] = transformer_options.get("transformer_index", 0) + 1
+            elif isinstance(layer, Upsample):
+                x = layer(x, output_shape)
+            else:
+                x = layer(x)
+        return x
+
+
+def add_control(h, control, name):
+    """ControlNet / T2I-Adapter residuals: `control[name]` is a list consumed from its end,
+    one entry per block (None = nothing for this block). A residual that does not fit is
+    skipped with a warning, as ComfyUI does."""
+    if control is not None and control.get(name):
+        residual = control[name].pop()
+        if residual is not None:
+            try:
+                fits = torch.broadcast_shapes(h.shape, residual.shape) == h.shape
+            except RuntimeError:
+                fits = False
+            if fits:
+                return h + residual.to(h.dtype)
+            logging.warning("control residual %s could not be applied to %s", tuple(residual.shape), tuple(h.shape))
+    return h
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config, device=None):
+        super().__init__()
+        c = config
+        self.config = c
+        mc = self.model_channels = c.model_channels
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim, device=device), nn.SiLU(),
+                                        ops.Linear(emb_dim, emb_dim, device=device))
+        self.adm_in_channels = c.adm_in_channels
+        if c.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                ops.Linear(c.adm_in_channels, emb_dim, device=device), nn.SiLU(),
+                ops.Linear(emb_dim, emb_dim, device=device)))
+
+        def transformer(ch, depth):
+            heads, dim_head = c.heads_for(ch)
+            return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer,
+                                      c.attn_precision, device)
+
+        depth_in = list(c.transformer_depth)
+        self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)])])
+        skip_channels = [mc]
+        ch = mc
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks[level]):
+                layers = [ResBlock(ch, emb_dim, mult * mc, device)]
+                ch = mult * mc
+                depth = depth_in.pop(0)
+                if depth > 0:
+                    layers.append(transformer(ch, depth))
+                self.input_blocks.append(UNetBlock(layers))
+                skip_channels.append(ch)
+            if level != len(c.channel_mult) - 1:
+                self.input_blocks.append(UNetBlock([Downsample(ch, device)]))
+                skip_channels.append(ch)
+
+        self.middle_block = None
+        if c.transformer_depth_middle >= -1:  # -1: a single ResBlock, -2: no middle block
+            layers = [ResBlock(ch, emb_dim, ch, device)]
+            if c.transformer_depth_middle >= 0:
+                layers += [transformer(ch, c.transformer_depth_middle), ResBlock(ch, emb_dim, ch, device)]
+            self.middle_block = UNetBlock(layers)
+
+        depth_out = list(c.transformer_depth_output)
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mc * mult, device)]
+                ch = mc * mult
+                depth = depth_out.pop()
+                if depth > 0:
+                    layers.append(transformer(ch, depth))
+                if level and i == c.num_res_blocks[level]:
+                    layers.append(Upsample(ch, device))
+                self.output_blocks.append(UNetBlock(layers))
+
+        self.out = nn.Sequential(ops.GroupNorm(32, ch, device=device), nn.SiLU(),
+                                 ops.Conv2d(mc, c.out_channels, 3, padding=1, device=device))
+
+    def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        """x [B,C,H,W] (already scaled by c_in), integer-valued timesteps [B], text context
+        [B,T,D], ADM vector y [B,adm] (SDXL), ControlNet residuals `control` = {"input": [...],
+        "middle": [...], "output": [...]}; returns the raw prediction (eps or v)."""
+        opts = transformer_options if transformer_options is not None else {}
+        opts["original_shape"] = list(x.shape)
+        opts["transformer_index"] = 0
+        patches = opts.get("patches", {})
+        if (y is not None) != bool(self.adm_in_channels):
+            raise ValueError("the ADM vector y must be given exactly when the UNet has a label embedding")
+
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        for p in patches.get("emb_patch", []):
+            emb = p(emb, self.model_channels, opts)
+        if y is not None:
+            emb = emb + self.label_emb(y.to(x.dtype))
+
+        skips = []
+        h = x
+        for i, block in enumerate(self.input_blocks):
+            opts["block"] = ("input", i)
+            h = block(h, emb, context, opts)
+            h = add_control(h, control, "input")
+            for p in patches.get("input_block_patch", []):
+                h = p(h, opts)
+            skips.append(h)
+            for p in patches.get("input_block_patch_after_skip", []):
+                h = p(h, opts)
+
+        opts["block"] = ("middle", 0)
+        if self.middle_block is not None:
+            h = self.middle_block(h, emb, context, opts)
+        h = add_control(h, control, "middle")
+
+        for i, block in enumerate(self.output_blocks):
+            opts["block"] = ("output", i)
+            skip = add_control(skips.pop(), control, "output")
+            for p in patches.get("output_block_patch", []):
+                h, skip = p(h, skip, opts)
+            h = torch.cat([h, skip], dim=1)
+            h = block(h, emb, context, opts, output_shape=skips[-1].shape if skips else None)
+        return self.out(h.to(x.dtype))
