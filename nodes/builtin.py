@@ -20,6 +20,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.compositing", "comfy_extras.nodes_compositing"),
     ("nodes.sampling_schedulers", "comfy_extras.nodes_custom_sampler"),
     ("nodes.sampling_custom", "comfy_extras.nodes_custom_sampler"),
+    ("nodes.model_advanced", "comfy_extras.nodes_model_advanced"),
 ]
 
 

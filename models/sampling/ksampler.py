@@ -204,10 +204,11 @@ class CFGGuider:
         """`sampler`: a KSamplerObject or a sampler name."""
         if sigmas.shape[-1] == 0:
             return latent_image
-        model = self.inner_model = self.patcher.model
-        device = getattr(self.patcher, "load_device", noise.device)
         if hasattr(self.patcher, "prepare_for_sampling"):
             self.patcher.prepare_for_sampling(self.original_conds)
+        model = self.inner_model = (self.patcher.sampling_model() if hasattr(self.patcher, "sampling_model")
+                                    else self.patcher.model)
+        device = getattr(self.patcher, "load_device", noise.device)
         noise, latent_image, sigmas = noise.to(device), latent_image.to(device), sigmas.to(device)
         if denoise_mask is not None:
             denoise_mask = reshape_mask(denoise_mask, noise.shape).to(device)
@@ -293,7 +294,8 @@ def sample(patcher, noise, steps, cfg, sampler_name, scheduler, positive, negati
            disable_noise=False, start_step=None, last_step=None, force_full_denoise=False, noise_mask=None,
            sigmas=None, callback=None, seed=None):
     """KSampler / KSamplerAdvanced: schedule, window, then guided sampling."""
-    ms = patcher.model.model_sampling
+    ms = patcher.get_model_object("model_sampling") if hasattr(patcher, "get_model_object") \
+        else patcher.model.model_sampling
     if sigmas is None:
         sigmas = schedulers.ksampler_sigmas(ms, scheduler, sampler_name, steps, denoise)
     window = schedulers.advanced_sigmas(sigmas, start_step, last_step, force_full_denoise)
