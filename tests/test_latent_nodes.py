@@ -94,3 +94,19 @@ async def test_latent_nodes_listed_in_object_info(client):
     assert spec["display_name"] == "Empty Latent Image"
     assert spec["input"]["required"]["width"] == ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8,
                                                           "tooltip": "The width of the latent images in pixels."}]
+
+
+def test_save_and_load_latent_roundtrip(base_dir):
+    from models import folders
+    from nodes import latent_io
+    folders.configure(base=str(base_dir))
+    samples = {"samples": torch.randn(1, 4, 8, 8)}
+    ui = latent_io.SaveLatent().save(samples, "latents/run", prompt={"1": {}})
+    item = ui["ui"]["latents"][0]
+    assert item == {"filename": "run_00001_.latent", "subfolder": "latents", "type": "output"}
+    src = base_dir / "output" / "latents" / "run_00001_.latent"
+    (base_dir / "input" / "x.latent").write_bytes(src.read_bytes())
+    assert latent_io.LoadLatent.INPUT_TYPES()["required"]["latent"][0] == ["x.latent"]
+    (loaded,) = latent_io.LoadLatent().load("x.latent")
+    assert torch.equal(loaded["samples"], samples["samples"])
+    assert latent_io.LoadLatent.VALIDATE_INPUTS("nope.latent") == "Invalid latent file: nope.latent"
