@@ -77,9 +77,11 @@ def center_crop_to_aspect(samples: torch.Tensor, width: int, height: int) -> tor
     return samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
 
 
-def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    """Resize to (height, width). method: nearest-exact, bilinear, area, bicubic, bislerp,
-    lanczos; crop: 'center' or anything else for none. Extra leading dims are folded."""
+def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str) -> torch.Tensor:
+    """Resize to (height, width). upscale_method: nearest-exact, bilinear, area, bicubic, bislerp,
+    lanczos; crop: 'center' or anything else for none. Extra leading dims are folded.
+    (Parameter names are ComfyUI's: custom packs pass them by keyword.)"""
+    method = upscale_method
     shape = tuple(samples.shape)
     if len(shape) > 4:
         samples = samples.reshape(shape[0], shape[1], -1, shape[-2], shape[-1]).movedim(2, 1)

@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from models.resize import common_upscale
 from nodes.constants import MAX_RESOLUTION
+from nodes.image_ops import CROP_METHODS, UPSCALE_METHODS, resize_image as _resize
 
-IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
-
-
-def _resize(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    """IMAGE [B,H,W,C] through common_upscale (which works on [B,C,H,W])."""
-    return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
+IMAGE_UPSCALE_METHODS = UPSCALE_METHODS
 
 
 class EmptyImage:
@@ -46,7 +41,8 @@ class ImageInvert:
 
 
 class ImageScale:
-    crop_methods = ["disabled", "center"]
+    upscale_methods = IMAGE_UPSCALE_METHODS
+    crop_methods = CROP_METHODS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -71,6 +67,8 @@ class ImageScale:
 
 
 class ImageScaleBy:
+    upscale_methods = IMAGE_UPSCALE_METHODS
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE",), "upscale_method": (IMAGE_UPSCALE_METHODS,),
@@ -125,13 +123,15 @@ class ImagePadForOutpaint:
         mask = torch.ones((h + top + bottom, w + left + right), dtype=torch.float32)
         inner = torch.zeros((h, w), dtype=torch.float32)
         if feathering > 0 and feathering * 2 < h and feathering * 2 < w:
-            i = torch.arange(h, dtype=torch.float32).view(-1, 1).expand(h, w)
-            j = torch.arange(w, dtype=torch.float32).view(1, -1).expand(h, w)
-            big_h, big_w = torch.full_like(i, h), torch.full_like(j, w)
-            dist = torch.minimum(torch.minimum(i if top else big_h, (h - i) if bottom else big_h),
-                                 torch.minimum(j if left else big_w, (w - j) if right else big_w))
+            # distance to the nearest padded side (sides without padding don't count); the ramp
+            # is computed in double precision like ComfyUI's per-pixel Python floats
+            i = torch.arange(h, dtype=torch.float64).view(-1, 1).expand(h, w)
+            j = torch.arange(w, dtype=torch.float64).view(1, -1).expand(h, w)
+            far_h, far_w = torch.full_like(i, h), torch.full_like(j, w)
+            dist = torch.minimum(torch.minimum(i if top else far_h, (h - i) if bottom else far_h),
+                                 torch.minimum(j if left else far_w, (w - j) if right else far_w))
             ramp = ((feathering - dist) / feathering) ** 2
-            inner = torch.where(dist < feathering, ramp, inner)
+            inner = torch.where(dist < feathering, ramp, 0.0).float()
         mask[top:top + h, left:left + w] = inner
         return out, mask.unsqueeze(0)
 

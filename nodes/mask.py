@@ -1,5 +1,5 @@
 """Mask nodes (ComfyUI's comfy_extras/nodes_mask, V3): solid, invert, convert to and from
-images, crop, composite, feather, grow, threshold, and masked compositing of images/latents."""
+images, crop, composite, feather, grow, threshold, and masked compositing of images/latents, mask preview."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,16 +9,8 @@ import torch
 from models.sampling.conds import repeat_to_batch_size
 from nodes import v3 as io
 from nodes.constants import MAX_RESOLUTION
-
-
-def image_alpha_fix(destination, source):
-    """Make RGB and RGBA images compatible: drop the source's alpha or give the destination one."""
-    if destination.shape[-1] < source.shape[-1]:
-        source = source[..., :destination.shape[-1]]
-    elif destination.shape[-1] > source.shape[-1]:
-        destination = torch.nn.functional.pad(destination, (0, 1))
-        destination[..., -1] = 1.0
-    return destination, source
+from nodes.image_ops import image_alpha_fix, mask_to_image
+from nodes.v3_ui import PreviewMask
 
 
 def composite(destination, source, x, y, mask=None, multiplier=8, resize_source=False):
@@ -68,6 +60,7 @@ class LatentCompositeMasked(io.ComfyNode):
         out["samples"] = composite(destination["samples"].clone(), source["samples"], x, y, mask, 8, resize_source)
         return io.NodeOutput(out)
 
+    composite = execute  # the pre-V3 method name, still called by custom packs
 
 class ImageCompositeMasked(io.ComfyNode):
     @classmethod
@@ -83,6 +76,7 @@ class ImageCompositeMasked(io.ComfyNode):
         out = composite(destination.clone().movedim(-1, 1), source.movedim(-1, 1), x, y, mask, 1, resize_source)
         return io.NodeOutput(out.movedim(1, -1))
 
+    composite = execute  # the pre-V3 method name, still called by custom packs
 
 class MaskToImage(io.ComfyNode):
     @classmethod
@@ -92,8 +86,9 @@ class MaskToImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask):
-        return io.NodeOutput(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3))
+        return io.NodeOutput(mask_to_image(mask))
 
+    mask_to_image = execute  # the pre-V3 method name, still called by custom packs
 
 class ImageToMask(io.ComfyNode):
     CHANNELS = ["red", "green", "blue", "alpha"]
@@ -108,6 +103,7 @@ class ImageToMask(io.ComfyNode):
     def execute(cls, image, channel):
         return io.NodeOutput(image[:, :, :, cls.CHANNELS.index(channel)])
 
+    image_to_mask = execute  # the pre-V3 method name, still called by custom packs
 
 class ImageColorToMask(io.ComfyNode):
     @classmethod
@@ -124,6 +120,7 @@ class ImageColorToMask(io.ComfyNode):
         packed = (rgb[:, :, :, 0] << 16) + (rgb[:, :, :, 1] << 8) + rgb[:, :, :, 2]
         return io.NodeOutput(torch.where(packed == color, 1.0, 0).float())
 
+    image_to_mask = execute  # the pre-V3 method name, still called by custom packs
 
 class SolidMask(io.ComfyNode):
     @classmethod
@@ -137,6 +134,7 @@ class SolidMask(io.ComfyNode):
     def execute(cls, value, width, height):
         return io.NodeOutput(torch.full((1, height, width), value, dtype=torch.float32))
 
+    solid = execute  # the pre-V3 method name, still called by custom packs
 
 class InvertMask(io.ComfyNode):
     @classmethod
@@ -148,6 +146,7 @@ class InvertMask(io.ComfyNode):
     def execute(cls, mask):
         return io.NodeOutput(1.0 - mask)
 
+    invert = execute  # the pre-V3 method name, still called by custom packs
 
 class CropMask(io.ComfyNode):
     @classmethod
@@ -162,6 +161,7 @@ class CropMask(io.ComfyNode):
         mask = mask.reshape((-1, mask.shape[-2], mask.shape[-1]))
         return io.NodeOutput(mask[:, y:y + height, x:x + width])
 
+    crop = execute  # the pre-V3 method name, still called by custom packs
 
 class MaskComposite(io.ComfyNode):
     OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
@@ -192,6 +192,7 @@ class MaskComposite(io.ComfyNode):
         out[:, y:bottom, x:right] = res
         return io.NodeOutput(torch.clamp(out, 0.0, 1.0))
 
+    combine = execute  # the pre-V3 method name, still called by custom packs
 
 class FeatherMask(io.ComfyNode):
     @classmethod
@@ -215,6 +216,7 @@ class FeatherMask(io.ComfyNode):
             out[:, -i, :] *= (i + 1) / bottom
         return io.NodeOutput(out)
 
+    feather = execute  # the pre-V3 method name, still called by custom packs
 
 class GrowMask(io.ComfyNode):
     @classmethod
@@ -237,6 +239,7 @@ class GrowMask(io.ComfyNode):
             out.append(torch.from_numpy(arr))
         return io.NodeOutput(torch.stack(out, dim=0))
 
+    expand_mask = execute  # the pre-V3 method name, still called by custom packs
 
 class ThresholdMask(io.ComfyNode):
     @classmethod
@@ -249,6 +252,21 @@ class ThresholdMask(io.ComfyNode):
     def execute(cls, mask, value):
         return io.NodeOutput((mask > value).float())
 
+    image_to_mask = execute  # the pre-V3 method name, still called by custom packs
+
+class MaskPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="MaskPreview", display_name="Preview Mask", category="mask",
+                         description="Saves the input images to your ComfyUI output directory.",  # sic, as ComfyUI
+                         inputs=[io.Mask.Input("mask")], hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+                         is_output_node=True)
+
+    @classmethod
+    def execute(cls, mask, filename_prefix="ComfyUI"):
+        return io.NodeOutput(ui=PreviewMask(mask, cls=cls))
+
 
 V3_NODES = [LatentCompositeMasked, ImageCompositeMasked, MaskToImage, ImageToMask, ImageColorToMask, SolidMask,
-            InvertMask, CropMask, MaskComposite, FeatherMask, GrowMask, ThresholdMask]
+            InvertMask, CropMask, MaskComposite, FeatherMask, GrowMask, ThresholdMask,
+            MaskPreview]
