@@ -268,8 +268,8 @@ def describe_keys(src: TensorSource) -> str:
     if not keys:
         return "the file holds no tensors"
     hints = [
-        (lambda k: "lora_" in k or ".lora_up." in k or ".lora_A." in k or k.endswith(".hada_w1_a"), "a LoRA"),
         (lambda k: k == "lora_controlnet", "a Control-LoRA"),
+        (lambda k: "lora_" in k or ".lora_up." in k or ".lora_A." in k or k.endswith(".hada_w1_a"), "a LoRA"),
         (lambda k: "zero_convs." in k or "controlnet_cond_embedding" in k, "a ControlNet"),
         (lambda k: k.startswith(("encoder.down.", "decoder.up.")), "a VAE"),
         (lambda k: "vision_model." in k or k.startswith("visual."), "a CLIP vision model"),
