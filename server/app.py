@@ -134,6 +134,8 @@ def create_app(args=None) -> web.Application:
 
     from server.prompt_server import PromptServer
     server = PromptServer(app, hub, app[QUEUE], app[WORKER])
+    from nodes import settings as node_settings
+    node_settings.set_progress_text_sender(server.send_progress_text)  # GetImageSize's text on the node
     load_custom_nodes(app, args)
     core._items.extend(server.routes)
 

@@ -33,6 +33,12 @@ class PromptServer:
     def send_sync(self, event, data, sid=None):
         self.hub.send(event, data, sid)
 
+    def send_progress_text(self, text, node_id, sid=None):
+        """Binary TEXT frame (type 3): u32 length of the node id, the id, then the text (UTF-8)."""
+        text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        node = str(node_id).encode("utf-8")
+        self.hub.send(3, len(node).to_bytes(4, "big") + node + text, sid)
+
     async def send(self, event, data, sid=None):
         self.hub.send(event, data, sid)
 

@@ -170,3 +170,18 @@ async def test_save_outside_output_is_an_execution_error(client):
     err = dict(events)["execution_error"]
     assert err["node_id"] == "2" and err["node_type"] == "SaveImage"
     assert "Saving image outside the output folder is not allowed" in err["exception_message"]
+
+
+async def test_get_image_size_shows_its_text_on_the_node(client):
+    g = {"1": {"class_type": "EmptyImage", "inputs": {"width": 9, "height": 4, "batch_size": 3, "color": 0}},
+         "7": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+         "8": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": ["7", 1], "length": 5}},
+         "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}
+    _, events, hist = await run_prompt(client, g)
+    assert hist["status"]["status_str"] == "success"
+    assert len(hist["outputs"]["9"]["images"]) == 1  # index 4 clamped to the last of 3
+    frames = [d for t, d in events if t == "binary" and d[:4] == (3).to_bytes(4, "big")]
+    assert len(frames) == 1
+    body = frames[0][4:]
+    n = int.from_bytes(body[:4], "big")
+    assert body[4:4 + n] == b"7" and body[4 + n:] == b"width: 9, height: 4\n batch size: 3"
