@@ -21,6 +21,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.compositing", "comfy_extras.nodes_compositing"),
     ("nodes.image_transform", "comfy_extras.nodes_images"),
     ("nodes.postprocessing", "comfy_extras.nodes_post_processing"),
+    ("nodes.image_savers", "comfy_extras.nodes_images"),
     ("nodes.sampling_schedulers", "comfy_extras.nodes_custom_sampler"),
     ("nodes.sampling_custom", "comfy_extras.nodes_custom_sampler"),
     ("nodes.model_advanced", "comfy_extras.nodes_model_advanced"),

@@ -242,3 +242,46 @@ async def test_object_info_v3_image_nodes(client):
     assert allinfo["LoadImageOutput"]["experimental"] is True
     assert allinfo["ImagePadForOutpaint"]["input"]["required"]["left"] == [
         "INT", {"default": 0, "min": 0, "max": 16384, "step": 8}]
+
+
+# --- animated savers (V3) ---------------------------------------------------------
+
+def test_save_animated_png_and_webp(dirs):
+    from nodes import image_savers
+    frames = torch.stack([torch.full((4, 6, 3), v) for v in (0.0, 0.5, 1.0)])
+    out = image_savers.SaveAnimatedPNG.EXECUTE_NORMALIZED(images=frames, fps=4.0, compress_level=4,
+                                                          filename_prefix="anim", prompt={"1": {}},
+                                                          extra_pnginfo={"workflow": {"id": "w"}})
+    assert out.ui == {"images": [{"filename": "anim_00001_.png", "subfolder": "", "type": "output"}],
+                      "animated": (True,)}
+    raw = (dirs / "output" / "anim_00001_.png").read_bytes()
+    assert raw.index(b"comfprompt\0{") > raw.index(b"IDAT")  # metadata after the image data
+    assert b'comfworkflow\0{"id": "w"}' in raw
+    with Image.open(dirs / "output" / "anim_00001_.png") as f:
+        assert f.n_frames == 3 and f.info["duration"] == 250
+        f.seek(1)
+        assert f.convert("RGB").getpixel((0, 0)) == (127, 127, 127)
+    out = image_savers.SaveAnimatedWEBP.EXECUTE_NORMALIZED(images=frames[:1], fps=6.0, filename_prefix="w/clip",
+                                                           lossless=True, quality=80, method="fastest",
+                                                           prompt={"2": {}}, extra_pnginfo={"workflow": 1, "b": 2})
+    assert out.ui == {"images": [{"filename": "clip_00001_.webp", "subfolder": "w", "type": "output"}]}
+    with Image.open(dirs / "output" / "w" / "clip_00001_.webp") as f:
+        exif = f.getexif()
+        assert exif[0x0110] == 'prompt:{"2": {}}' and exif[0x010F] == "workflow:1" and exif[0x010E] == "b:2"
+        assert f.convert("RGB").getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_v3_png_saver_follows_disable_metadata(dirs):
+    from nodes import image_savers
+    from nodes.v3 import HiddenHolder
+
+    class Node:
+        hidden = HiddenHolder(prompt={"1": {}}, extra_pnginfo=None)
+    names = image_savers.save_images(torch.rand(2, 2, 2, 3), "v3", "temp", Node, compress_level=1)
+    assert [n["filename"] for n in names] == ["v3_00001_.png", "v3_00002_.png"] and names[0]["type"] == "temp"
+    with Image.open(dirs / "temp" / "v3_00001_.png") as f:
+        assert dict(f.text) == {"prompt": '{"1": {}}'}
+    settings.configure(disable_metadata=True)
+    image_savers.save_images(torch.rand(1, 2, 2, 3), "v3", "temp", Node)
+    with Image.open(dirs / "temp" / "v3_00003_.png") as f:
+        assert dict(f.text) == {}
