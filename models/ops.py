@@ -67,4 +67,5 @@ def load_into(module: nn.Module, state_dict: dict, strict: bool = True, what: st
             parts.append(f"{len(wrong)} with the wrong shape (e.g. {'; '.join(wrong[:3])})")
         raise ValueError(f"{what} weights do not fit the detected architecture: " + ", ".join(parts))
     module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False, assign=True)
+    module.requires_grad_(False)  # inference weights: no autograd graph behind a sampler's calls
     return module
