@@ -8,3 +8,12 @@ from nodes.constants import MAX_RESOLUTION  # noqa: F401
 from nodes import builtin as _builtin
 
 _builtin.register_all()
+
+
+def __getattr__(name):
+    """`from nodes import SaveImage` (custom packs subclass core nodes): any registered node
+    class by its class_type; the registry is read at lookup time, so late packs count too."""
+    cls = NODE_CLASS_MAPPINGS.get(name)
+    if cls is None:
+        raise AttributeError(f"module 'nodes' has no attribute {name!r}")
+    return cls

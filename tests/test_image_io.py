@@ -285,3 +285,17 @@ def test_v3_png_saver_follows_disable_metadata(dirs):
     image_savers.save_images(torch.rand(1, 2, 2, 3), "v3", "temp", Node)
     with Image.open(dirs / "temp" / "v3_00003_.png") as f:
         assert dict(f.text) == {}
+
+
+def test_custom_packs_can_subclass_core_image_nodes(dirs):
+    import nodes
+    from nodes import PreviewImage, SaveImage  # noqa: F401  (as custom packs write it)
+
+    class SaveWithSuffix(nodes.SaveImage):
+        def __init__(self):
+            super().__init__()
+            self.prefix_append = "_pack"
+    item = SaveWithSuffix().save_images(torch.rand(1, 2, 2, 3), "x")["ui"]["images"][0]
+    assert item["filename"] == "x_pack_00001_.png" and (dirs / "output" / item["filename"]).is_file()
+    with pytest.raises(AttributeError):
+        nodes.NoSuchNode
