@@ -289,6 +289,46 @@ class VAE:
         return torch.cat(out)
 
 
+    # -- tiled (VAEDecodeTiled / VAEEncodeTiled): three tilings averaged, as ComfyUI ----------
+    @torch.inference_mode()
+    def decode_tiled(self, latent: torch.Tensor, tile_x: int = 64, tile_y: int = 64, overlap: int = 16) -> torch.Tensor:
+        """Tile sizes and overlap in latent pixels; returns IMAGE [B,H,W,3]."""
+        from models.progress import ProgressBar
+        from models.tiling import tile_count, tiled_scale
+        if latent.ndim == 5:
+            latent = latent[:, :, 0]
+        h, w = latent.shape[2:]
+        shapes = [(tile_x // 2, tile_y * 2), (tile_x * 2, tile_y // 2), (tile_x, tile_y)]
+        pbar = ProgressBar(sum(latent.shape[0] * tile_count(w, h, tx, ty, overlap) for tx, ty in shapes))
+
+        def run(z):
+            return self.first_stage_model.decode(z.to(self.device, self.vae_dtype)).float()
+        total = sum(tiled_scale(latent, run, tx, ty, overlap, self.upscale_ratio, self.output_channels,
+                                self.output_device, pbar) for tx, ty in shapes)
+        return self.process_output(total / 3.0).movedim(1, -1)
+
+    @torch.inference_mode()
+    def encode_tiled(self, pixels: torch.Tensor, tile_x: int = 512, tile_y: int = 512, overlap: int = 64) -> torch.Tensor:
+        """Tile sizes and overlap in image pixels; returns LATENT samples."""
+        from models.progress import ProgressBar
+        from models.tiling import tile_count, tiled_scale
+        if not hasattr(self.first_stage_model, "encoder"):
+            raise ValueError("this VAE file has no encoder, it can only decode")
+        pixels = self.crop_pixels(pixels).movedim(-1, 1)
+        h, w = pixels.shape[2:]
+        shapes = [(tile_x, tile_y), (tile_x * 2, tile_y // 2), (tile_x // 2, tile_y * 2)]
+        pbar = ProgressBar(sum(pixels.shape[0] * tile_count(w, h, tx, ty, overlap) for tx, ty in shapes))
+
+        def run(x):
+            return self.first_stage_model.encode(self.process_input(x).to(self.device, self.vae_dtype)).float()
+        samples = None
+        for tx, ty in shapes:
+            part = tiled_scale(pixels, run, tx, ty, overlap, 1 / self.downscale_ratio, self.latent_channels,
+                               self.output_device, pbar)
+            samples = part if samples is None else samples + part
+        return samples / 3.0
+
+
 def build_vae(source, prefix: str = "", device="cpu", weight_dtype=None, dtype=torch.float32) -> VAE:
     """A VAE from a checkpoint (prefix "first_stage_model.") or a bare VAE file (prefix "")."""
     from models.ops import load_into

@@ -196,3 +196,29 @@ def test_safetensors_are_read_lazily(files):
         assert src.shape("model.diffusion_model.input_blocks.0.0.weight") == (32, 4, 3, 3)
         t = src.get("first_stage_model.decoder.conv_in.weight", torch.float32)
         assert t.dtype == torch.float32 and t.shape == (128, 4, 3, 3)
+
+
+def test_tiled_scale_blends_tiles_back_into_the_whole():
+    import torch.nn.functional as F
+
+    from models.tiling import tile_count, tiled_scale
+    x = torch.rand(2, 3, 21, 30, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def up(t):
+        calls.append(t.shape)
+        return F.interpolate(t, scale_factor=2, mode="nearest")
+    out = tiled_scale(x, up, tile_x=8, tile_y=8, overlap=2, upscale_amount=2, out_channels=3)
+    assert torch.allclose(out, F.interpolate(x, scale_factor=2, mode="nearest"), atol=1e-6)
+    assert len(calls) == 2 * tile_count(30, 21, 8, 8, 2) and max(s[2] for s in calls) <= 8
+
+
+def test_tiled_vae_matches_untiled_when_one_tile_covers_the_image(files):
+    vae = load_vae(files["sd1"])
+    latent = torch.randn(1, 4, 6, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(vae.decode_tiled(latent, 64, 64, 16), vae.decode(latent), atol=1e-6)
+    tiled = vae.decode_tiled(latent, tile_x=4, tile_y=4, overlap=1)
+    assert tiled.shape == (1, 48, 40, 3) and tiled.min() >= 0 and tiled.max() <= 1
+    pixels = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(vae.encode_tiled(pixels, 512, 512, 64), vae.encode(pixels), atol=1e-5)
+    assert vae.encode_tiled(pixels, tile_x=16, tile_y=16, overlap=4).shape == (1, 4, 5, 6)
