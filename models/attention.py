@@ -15,22 +15,21 @@ from torch import nn
 from models import ops
 
 
-def attention(q, k, v, heads: int, mask=None, precision=None) -> torch.Tensor:
+def attention(q, k, v, heads: int, mask=None) -> torch.Tensor:
     """Multi-head attention on [B, L, heads*d] projections -> [B, Lq, heads*d].
-    `precision` (SD2: float32) computes the attention itself in that dtype."""
+
+    SD2's "attention in fp32" flag is not applied here: like ComfyUI's SDPA path, the fused
+    kernels already accumulate the softmax in fp32 (the flag only reaches patches)."""
     b, _, inner = q.shape
     d = inner // heads
     q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    out_dtype = q.dtype
-    if precision is not None and q.dtype != precision:
-        q, k, v = q.to(precision), k.to(precision), v.to(precision)
     if mask is not None:
         if mask.ndim == 2:
             mask = mask.unsqueeze(0)
         if mask.ndim == 3:
             mask = mask.unsqueeze(1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, -1, inner).to(out_dtype)
+    return out.transpose(1, 2).reshape(b, -1, inner)
 
 
 class CrossAttention(nn.Module):
@@ -48,7 +47,7 @@ class CrossAttention(nn.Module):
         context = x if context is None else context
         q, k = self.to_q(x), self.to_k(context)
         v = self.to_v(context if value is None else value)
-        return self.to_out(attention(q, k, v, self.heads, mask, self.precision))
+        return self.to_out(attention(q, k, v, self.heads, mask))
 
 
 class GEGLU(nn.Module):
