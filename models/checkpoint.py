@@ -68,6 +68,66 @@ def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def hf_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of openclip_to_hf (for saving checkpoints in the public layout)."""
+    renames = {"text_model.embeddings.position_embedding.weight": "positional_embedding",
+               "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+               "text_model.final_layer_norm.weight": "ln_final.weight",
+               "text_model.final_layer_norm.bias": "ln_final.bias",
+               "logit_scale": "logit_scale"}
+    layer_parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+    out, qkv = {}, {}
+    for k, v in sd.items():
+        if k in renames:
+            out[renames[k]] = v
+        elif k == "text_projection.weight":
+            out["text_projection"] = v.transpose(0, 1).contiguous()
+        elif k.startswith("text_model.encoder.layers."):
+            n, rest = k[len("text_model.encoder.layers."):].split(".", 1)
+            part, suffix = rest.rsplit(".", 1)
+            if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((n, suffix), {})[part[-6]] = v
+            else:
+                out[f"transformer.resblocks.{n}.{layer_parts.get(part, part)}.{suffix}"] = v
+        elif k != "text_model.embeddings.position_ids":
+            out[k] = v
+    for (n, suffix), parts in qkv.items():
+        out[f"transformer.resblocks.{n}.attn.in_proj_{suffix}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def checkpoint_state_dict(model: DiffusionModel, text_encoders: dict | None = None, vae: VAE | None = None) -> dict:
+    """A full checkpoint in the family's public layout (CheckpointSave): the UNet under
+    model.diffusion_model., the VAE under first_stage_model., the text encoders (HF-layout
+    state dicts by name, as handed over by load_checkpoint) under their family prefixes."""
+    det = model.detection
+    out = {"model.diffusion_model." + k: v for k, v in model.diffusion_model.state_dict().items()}
+    if det.model_type == "v_prediction" and det.family != "sd2":
+        out["v_pred"] = torch.tensor([])  # how SDXL-type files mark v-prediction
+        if det.zsnr:
+            out["ztsnr"] = torch.tensor([])
+    if vae is not None:
+        out.update({"first_stage_model." + k: v for k, v in vae.first_stage_model.state_dict().items()})
+    prefixes = {"sd1": {"clip_l": ("cond_stage_model.transformer.", "hf")},
+                "sd2": {"clip_h": ("cond_stage_model.model.", "openclip")},
+                "sdxl_refiner": {"clip_g": ("conditioner.embedders.0.model.", "openclip")}}
+    sdxl = {"clip_l": ("conditioner.embedders.0.transformer.", "hf"), "clip_g": ("conditioner.embedders.1.model.", "openclip")}
+    for name, sd in (text_encoders or {}).items():
+        where = prefixes.get(det.family, sdxl).get(name)
+        if where is None:
+            raise ValueError(f"a {det.title} checkpoint has no place for a {name} text encoder")
+        prefix, layout = where
+        if layout == "openclip":
+            sd = hf_to_openclip(sd)
+        else:
+            sd = {k: v for k, v in sd.items() if k not in ("text_projection.weight", "logit_scale")}
+            if det.family != "sd1":
+                sd["text_model.embeddings.position_ids"] = torch.arange(77).expand((1, -1))
+        out.update({prefix + k: v for k, v in sd.items()})
+    return out
+
+
 def text_encoder_state_dict(src: TensorSource, prefix: str, layout: str, dtype=None, device=None) -> dict:
     keys = src.with_prefix(prefix)
     sd = src.read(keys, strip=prefix, dtype=dtype, device=device)

@@ -222,3 +222,16 @@ def test_tiled_vae_matches_untiled_when_one_tile_covers_the_image(files):
     pixels = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(vae.encode_tiled(pixels, 512, 512, 64), vae.encode(pixels), atol=1e-5)
     assert vae.encode_tiled(pixels, tile_x=16, tile_y=16, overlap=4).shape == (1, 4, 5, 6)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2_v", "sdxl", "sdxl_refiner"])
+def test_checkpoint_round_trip_to_the_public_layout(family, tmp_path):
+    """Split, then saved back (CheckpointSave): the same keys and tensors as the file."""
+    from models.checkpoint import checkpoint_state_dict
+    original = tiny_checkpoint(family, seed=4)
+    ck = load_checkpoint(original, weight_dtype=torch.float16)
+    saved = checkpoint_state_dict(ck.model, ck.text_encoders, ck.vae)
+    ddpm = {k for k in original if "." not in k}  # SD1's schedule buffers are not written back
+    assert set(saved) == set(original) - ddpm
+    for k, v in saved.items():
+        assert torch.equal(v, original[k]), k
