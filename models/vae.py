@@ -329,6 +329,35 @@ class VAE:
         return samples / 3.0
 
 
+class PixelSpaceVAE(VAE):
+    """The "pixel_space" choice of VAELoader: the latent is the image itself (3 channels,
+    no downscaling), with the same -1..1 mapping as a real VAE."""
+
+    downscale_ratio = 1
+    upscale_ratio = 1
+
+    def __init__(self):
+        self.first_stage_model = None
+        self.device = self.output_device = torch.device("cpu")
+        self.vae_dtype = torch.float32
+        self.batch_pixels = 1 << 22
+        self.latent_channels = self.output_channels = 3
+
+    @torch.inference_mode()
+    def decode(self, latent):
+        return self.process_output(latent.float()).movedim(1, -1)
+
+    @torch.inference_mode()
+    def encode(self, pixels):
+        return self.process_input(self.crop_pixels(pixels).movedim(-1, 1).float())
+
+    def decode_tiled(self, latent, *args, **kwargs):
+        return self.decode(latent)
+
+    def encode_tiled(self, pixels, *args, **kwargs):
+        return self.encode(pixels)
+
+
 def build_vae(source, prefix: str = "", device="cpu", weight_dtype=None, dtype=torch.float32) -> VAE:
     """A VAE from a checkpoint (prefix "first_stage_model.") or a bare VAE file (prefix "")."""
     from models.ops import load_into

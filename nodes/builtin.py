@@ -25,6 +25,8 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling_schedulers", "comfy_extras.nodes_custom_sampler"),
     ("nodes.sampling_custom", "comfy_extras.nodes_custom_sampler"),
     ("nodes.model_advanced", "comfy_extras.nodes_model_advanced"),
+    ("nodes.vae", "nodes"),
+    ("nodes.model_loaders", "nodes"),
 ]
 
 
