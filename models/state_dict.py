@@ -20,6 +20,14 @@ SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
 
 
+# --disable-mmap: copy tensors out of the file mapping instead of using it in place.
+_options = {"mmap": True}
+
+
+def set_mmap(enabled: bool) -> None:
+    _options["mmap"] = bool(enabled)
+
+
 class ModelFileError(ValueError):
     """A model file is missing, unreadable, corrupt, or not the kind of file expected."""
 
@@ -138,7 +146,8 @@ class SafetensorsSource(TensorSource):
             t = self._f.get_tensor(key)
         except Exception as e:
             raise ModelFileError(f"cannot read tensor {key!r} from {os.path.basename(self.path)}: {e}") from e
-        return _convert(t, dtype, device)
+        out = _convert(t, dtype, device)
+        return out if _options["mmap"] or out is not t else t.clone()
 
     def close(self):
         self._f = None
@@ -159,7 +168,7 @@ def _unwrap(obj, path):
 def _load_pickle(path: str) -> dict:
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_options["mmap"])
         except RuntimeError as e:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise

@@ -235,3 +235,15 @@ def test_checkpoint_round_trip_to_the_public_layout(family, tmp_path):
     assert set(saved) == set(original) - ddpm
     for k, v in saved.items():
         assert torch.equal(v, original[k]), k
+
+
+def test_disable_mmap_gives_equal_tensors(files):
+    from models import state_dict
+    with open_state_dict(files["sd1"]) as src:
+        mapped = src.get("model.diffusion_model.out.2.weight")
+        state_dict.set_mmap(False)
+        try:
+            copied = src.get("model.diffusion_model.out.2.weight")
+        finally:
+            state_dict.set_mmap(True)
+    assert torch.equal(mapped, copied) and mapped.data_ptr() != copied.data_ptr()
