@@ -14,6 +14,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.latent", "nodes"),
     ("nodes.latent_io", "nodes"),
     ("nodes.conditioning", "nodes"),
+    ("nodes.controlnet", "nodes"),
     ("nodes.image_io", "nodes"),
     ("nodes.image", "nodes"),
     ("nodes.batch", "comfy_extras.nodes_rebatch"),
