@@ -199,10 +199,13 @@ def load_checkpoint(source, device="cpu", compute_dtype=torch.float32, weight_dt
 
 
 def load_diffusion_model(source, device="cpu", compute_dtype=torch.float32, weight_dtype=None) -> DiffusionModel:
-    """A UNet alone (UNETLoader): a bare `input_blocks...` file or the UNet of a checkpoint."""
+    """A UNet alone (UNETLoader): a bare `input_blocks...` file, a diffusers-format UNet, or
+    the UNet of a checkpoint."""
+    from models.diffusers_unet import LDMView, is_diffusers_unet
     src = as_source(source)
     try:
-        return build_diffusion_model(src, None, device, compute_dtype, weight_dtype)
+        view = LDMView(src) if is_diffusers_unet(src) else src
+        return build_diffusion_model(view, None, device, compute_dtype, weight_dtype)
     finally:
         if src is not source:
             src.close()

@@ -247,3 +247,28 @@ def test_disable_mmap_gives_equal_tensors(files):
         finally:
             state_dict.set_mmap(True)
     assert torch.equal(mapped, copied) and mapped.data_ptr() != copied.data_ptr()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "ssd1b"])
+def test_diffusers_format_unet_loads_like_the_ldm_one(family, tmp_path):
+    from safetensors.torch import save_file
+
+    from models.lora.keymap import diffusers_to_ldm
+    sd = tiny_checkpoint(family, seed=8)
+    ldm = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
+    cfg = load_diffusion_model(ldm).detection.unet
+    to_ldm = diffusers_to_ldm(cfg.num_res_blocks, cfg.transformer_depth, cfg.transformer_depth_output,
+                              cfg.transformer_depth_middle)
+    to_diffusers = {}
+    for d, l_key in to_ldm.items():
+        to_diffusers.setdefault(l_key, d)  # label_emb has two diffusers spellings; keep one
+    assert set(ldm) <= set(to_diffusers)
+    save_file({to_diffusers[k]: v for k, v in ldm.items()}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for source in (ldm, str(tmp_path / "diffusion_pytorch_model.safetensors")):
+        m = load_diffusion_model(source)
+        assert m.detection.family == load_diffusion_model(ldm).detection.family
+        with torch.inference_mode():
+            outs.append(m.apply_model(x, torch.tensor([1.0]), **_conds(m, 1)))
+    assert torch.equal(outs[0], outs[1])
