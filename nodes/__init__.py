@@ -13,6 +13,9 @@ _builtin.register_all()
 def __getattr__(name):
     """`from nodes import SaveImage` (custom packs subclass core nodes): any registered node
     class by its class_type; the registry is read at lookup time, so late packs count too."""
+    if name == "common_ksampler":  # packs call ComfyUI's nodes.common_ksampler directly
+        from nodes.sampling import common_ksampler
+        return common_ksampler
     cls = NODE_CLASS_MAPPINGS.get(name)
     if cls is None:
         raise AttributeError(f"module 'nodes' has no attribute {name!r}")

@@ -70,13 +70,18 @@ def load_custom_nodes(app: web.Application, args) -> web.RouteTableDef:
     """Import the packs; returns the routes they added through PromptServer.instance.routes."""
     from nodes import custom
     from server.routes import extensions
+    from nodes import registry
+    from server.routes import prompt
+    for pack in extensions.LOADED_PACKS.values():  # an earlier app in this process (tests)
+        for name in pack["nodes"]:
+            registry.NODE_CLASS_MAPPINGS.pop(name, None)
     extensions.LOADED_PACKS.clear()
+    prompt.on_prompt_handlers.clear()
     packs = custom.load_all(folders.get_folder_paths("custom_nodes"), set(args.whitelist_custom_nodes),
                             disabled=args.disable_all_custom_nodes)
     extensions.LOADED_PACKS.update(packs)
-    for name, pack in packs.items():
-        if pack["web"]:
-            app.router.add_static(f"/extensions/{urllib.parse.quote(name)}", pack["web"])
+    for name, web_dir in extensions.web_directories().items():
+        app.router.add_static(f"/extensions/{urllib.parse.quote(name)}", web_dir)
 
 
 def cache_mode(args) -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """Process entry point: parse flags, set up logging, build the app, serve."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import sys
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
                         stream=sys.stdout if args.log_stdout else sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from server.app import create_app
+    # the loop exists before the app so custom packs can take PromptServer.instance.loop at import
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     app = create_app(args)
     ssl_ctx = None
     if args.tls_keyfile and args.tls_certfile:
@@ -29,5 +33,5 @@ def main(argv: list[str] | None = None) -> None:
         for h in hosts:
             shown = f"[{h}]" if ":" in h else h
             print(f"To see the GUI go to: {scheme}://{shown}:{args.port}", flush=True)
-    web.run_app(app, host=hosts, port=args.port, ssl_context=ssl_ctx,
+    web.run_app(app, host=hosts, port=args.port, ssl_context=ssl_ctx, loop=loop,
                 print=None, access_log=None if args.dont_print_server else logging.getLogger("aiohttp.access"))

@@ -2,7 +2,23 @@
 app like core routes), `send_sync(event, data, sid)`, `client_id`, `last_node_id`..."""
 from __future__ import annotations
 
+import asyncio
+import warnings
+
 from aiohttp import web
+
+
+def _current_loop():
+    """The loop the app will run on: the running one (tests), else the one main() set."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return asyncio.get_event_loop()
+            except RuntimeError:
+                return None
 
 
 class PromptServer:
@@ -14,17 +30,22 @@ class PromptServer:
         self.routes = web.RouteTableDef()
         self.prompt_queue = queue
         self.worker = worker
-        self.loop = None
+        # packs schedule onto it from worker threads (call_soon_threadsafe, run_coroutine_threadsafe)
+        self.loop = _current_loop()
         self.sockets = hub.sockets
         self.sockets_metadata = hub.client_flags
-        self.on_prompt_handlers = []
+        from server.routes import prompt
+        self.on_prompt_handlers = prompt.on_prompt_handlers  # the list POST /prompt runs
         self.supports = ["custom_nodes_from_web"]
-        self.last_prompt_id = None
         PromptServer.instance = self
 
     @property
     def client_id(self):
         return self.worker.running_client_id if self.worker is not None else None
+
+    @property
+    def last_prompt_id(self):
+        return self.worker.running_prompt_id if self.worker is not None else None
 
     @property
     def last_node_id(self):
@@ -46,8 +67,7 @@ class PromptServer:
         self.hub.send(event, data, sid)
 
     def add_on_prompt_handler(self, handler):
-        from server.routes import prompt
-        prompt.on_prompt_handlers.append(handler)
+        self.on_prompt_handlers.append(handler)
 
     def queue_updated(self):
         self.hub.send("status", {"status": {"exec_info": {

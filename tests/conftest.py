@@ -7,7 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _p in (ROOT, os.path.join(ROOT, "tests")):
+# compat/: the modules custom node packs import (folder_paths, comfy.*, ...), as at start-up
+for _p in (ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "compat")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 

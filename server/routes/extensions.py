@@ -16,9 +16,17 @@ from server.app_keys import ARGS
 
 routes = web.RouteTableDef()
 
-# pack name -> {"module": dotted name, "path": pack folder, "web": web dir or None}; filled by
-# the custom node loader at start-up.
+# pack name -> {"module": dotted name, "path": pack folder, "web_dirs": {served name: folder},
+# "nodes": node ids}; filled by the custom node loader at start-up.
 LOADED_PACKS: dict[str, dict] = {}
+
+
+def web_directories() -> dict[str, str]:
+    """Served name -> folder, over every loaded pack (a later pack may reuse a name)."""
+    out: dict[str, str] = {}
+    for pack in LOADED_PACKS.values():
+        out.update(pack.get("web_dirs", {}))
+    return out
 
 
 @routes.get("/extensions")
@@ -29,11 +37,8 @@ async def list_extensions(request: web.Request) -> web.Response:
         ext_dir = os.path.join(root, "extensions")
         for path in sorted(glob.glob(os.path.join(ext_dir, "**", "*.js"), recursive=True)):
             out.append("/extensions/" + os.path.relpath(path, ext_dir).replace(os.sep, "/"))
-    for name, pack in LOADED_PACKS.items():
-        web_dir = pack.get("web")
-        if not web_dir:
-            continue
-        for path in sorted(glob.glob(os.path.join(web_dir, "**", "*.js"), recursive=True)):
+    for name, web_dir in web_directories().items():
+        for path in sorted(glob.glob(os.path.join(glob.escape(web_dir), "**", "*.js"), recursive=True)):
             rel = os.path.relpath(path, web_dir).replace(os.sep, "/")
             out.append(f"/extensions/{urllib.parse.quote(name)}/{rel}")
     return web.json_response(out)
