@@ -348,3 +348,14 @@ def test_diffusers_t2i_adapter_is_renamed(models):
     b = load_controlnet_state_dict(to_diffusers_t2i(sd))
     for (ka, va), (kb, vb) in zip(a.t2i_model.state_dict().items(), b.t2i_model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("family,res,depth,middle", [("sd1", [2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 0, 0], 1),
+                                                     ("sdxl", [2, 2, 2], [0, 0, 2, 2, 10, 10], 10)])
+def test_diffusers_controlnet_is_renamed(family, res, depth, middle):
+    from tiny_controlnets import to_diffusers_controlnet
+    sd = tiny_controlnet(family, prefix="")
+    want = load_controlnet_state_dict(sd)
+    got = load_controlnet_state_dict(to_diffusers_controlnet(sd, res, depth, middle))
+    a, b = got.control_model.state_dict(), want.control_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -137,3 +137,26 @@ def write(path: str, sd: dict) -> str:
     else:
         torch.save(sd, path)
     return path
+
+
+def to_diffusers_controlnet(sd: dict, num_res_blocks, transformer_depth, middle) -> dict:
+    """A bare LDM ControlNet in the diffusers names (`down_blocks.*`, `controlnet_down_blocks.N`,
+    `controlnet_cond_embedding.*`, `controlnet_mid_block`)."""
+    from models.lora.keymap import diffusers_to_ldm
+    names = {ldm: d for d, ldm in diffusers_to_ldm(num_res_blocks, transformer_depth, [0] * 32, middle).items()}
+    hint = {0: "conv_in", 14: "conv_out"}
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"zero_convs\.(\d+)\.0\.(weight|bias)$", k)
+        h = re.match(r"input_hint_block\.(\d+)\.(weight|bias)$", k)
+        if m:
+            k = f"controlnet_down_blocks.{m.group(1)}.{m.group(2)}"
+        elif h:
+            n = int(h.group(1))
+            k = f"controlnet_cond_embedding.{hint.get(n, f'blocks.{n // 2 - 1}')}.{h.group(2)}"
+        elif k.startswith("middle_block_out.0."):
+            k = "controlnet_mid_block." + k.rsplit(".", 1)[1]
+        else:
+            k = names[k]
+        out[k] = v
+    return out
