@@ -1,0 +1,145 @@
+"""CLIP: the text-encoder object the CLIP* nodes pass around (ComfyUI's comfy.sd.CLIP).
+
+    clip = clip_from_checkpoint("sd_xl_base_1.0.safetensors", embedding_lookup=EmbeddingLibrary(dirs))
+    tokens = clip.tokenize("a photo of a cat")               # {"g": chunks, "l": chunks}
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    skip2 = clip.clone(); skip2.clip_layer(-2)              # CLIPSetLastLayer
+
+Families and what they output (COVERAGE.md §3.5, §4.6):
+  sd1           {"l"}       cond = CLIP-L (768), pooled = unprojected CLIP-L pooled
+  sd2           {"h"}       cond = OpenCLIP-H (1024), pooled = projected
+  sdxl          {"g", "l"}  cond = concat(CLIP-L, CLIP-G) per token (2048), pooled = projected CLIP-G
+  sdxl_refiner  {"g", "l"}  cond = CLIP-G (1280), pooled = projected CLIP-G
+Clones share the networks; each clone keeps its own clip-skip setting and LoRA patches
+(applied to the shared weights right before encoding, see models/lora/patcher.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from models.clip_text import LayerChoice, TextEncoder, build_text_model
+from models.lora.patcher import WeightPatcher
+from models.tokenizer import END_TOKEN, EmbeddingLookup, PromptTokenizer
+
+# family -> token-dict key -> (encoder name, default layer choice, pad token)
+FAMILY_ENCODERS = {
+    "sd1": {"l": ("clip_l", LayerChoice(None, True, False), END_TOKEN)},
+    "sd2": {"h": ("clip_h", LayerChoice(-2, True, True), 0)},
+    "sdxl": {"g": ("clip_g", LayerChoice(-2, False, True), 0),
+             "l": ("clip_l", LayerChoice(-2, False, True), END_TOKEN)},
+    "sdxl_refiner": {"g": ("clip_g", LayerChoice(-2, False, True), 0)},
+}
+
+
+def family_of(encoder_names) -> str:
+    """The text-encoder family of a set of encoders ("clip_l", "clip_h", "clip_g")."""
+    names = set(encoder_names)
+    for family, wanted in (("sdxl", {"clip_l", "clip_g"}), ("sd1", {"clip_l"}), ("sd2", {"clip_h"}),
+                           ("sdxl_refiner", {"clip_g"})):
+        if names == wanted:
+            return family
+    raise ValueError(f"no CLIP model combines the text encoders {sorted(names)}")
+
+
+class CLIP:
+    def __init__(self, family: str, models: dict, embedding_lookup: EmbeddingLookup | None = None,
+                 output_device="cpu"):
+        """models: encoder name ("clip_l", "clip_h", "clip_g") -> ClipTextModel."""
+        spec = FAMILY_ENCODERS[family]
+        missing = [name for name, _, _ in spec.values() if name not in models]
+        if missing:
+            raise ValueError(f"{family} text encoding needs {', '.join(missing)}")
+        self.family = family
+        self.encoders = {key: TextEncoder(name, models[name], choice, pad) for key, (name, choice, pad) in spec.items()}
+        self.tokenizer = PromptTokenizer(family, embedding_lookup)
+        self.output_device = output_device
+        self.layer_idx: int | None = None
+        self.tokenizer_options: dict = {}
+        self.weight_patches: list = []  # [(patches dict, strength)]
+        self.weights = WeightPatcher({e.name: e.model for e in self.encoders.values()})
+
+    # -- the comfy.sd.CLIP interface ---------------------------------------------------------
+    @property
+    def models(self) -> dict:
+        """Encoder name -> network (the components LoRA patches address)."""
+        return {e.name: e.model for e in self.encoders.values()}
+
+    def clone(self) -> "CLIP":
+        c = object.__new__(CLIP)
+        c.__dict__.update(self.__dict__)
+        c.tokenizer_options = dict(self.tokenizer_options)
+        c.weight_patches = list(self.weight_patches)
+        return c
+
+    def clip_layer(self, layer_idx: int | None) -> None:
+        self.layer_idx = layer_idx
+
+    def set_tokenizer_option(self, name: str, value) -> None:
+        self.tokenizer_options[name] = value
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> dict:
+        return self.tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        """patches: {(encoder name, HF key): Adapter}; returns the targets this CLIP has."""
+        mine = {t: a for t, a in patches.items() if isinstance(t, tuple) and t[0] in self.weights.components}
+        self.weight_patches.append((mine, strength_patch))
+        return list(mine)
+
+    def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict: bool = False):
+        self.weights.apply(self.weight_patches)
+        unprojected = return_pooled == "unprojected"
+        outputs = {}
+        for key, encoder in self.encoders.items():
+            if key not in tokens:
+                raise ValueError(f"tokens for the {encoder.name} encoder ({key!r}) are missing")
+            chunks = [[(t, w) for t, w, *_ in chunk] for chunk in tokens[key]]  # word ids dropped
+            outputs[key] = encoder.encode_chunks(chunks, encoder.choice(self.layer_idx, unprojected))
+        if self.family == "sdxl":
+            (l_out, _), (g_out, pooled) = outputs["l"], outputs["g"]
+            n = min(l_out.shape[1], g_out.shape[1])
+            cond = torch.cat([l_out[:, :n], g_out[:, :n]], dim=-1)
+        else:
+            cond, pooled = next(iter(outputs.values()))
+        cond, pooled = cond.to(self.output_device), pooled.to(self.output_device)
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens: dict, unprojected: bool = False, add_dict: dict | None = None,
+                                     show_pbar: bool = True) -> list:
+        """CONDITIONING ([[cond, {"pooled_output": ..., **add_dict}]]), as CLIPTextEncode returns it."""
+        out = self.encode_from_tokens(tokens, return_pooled="unprojected" if unprojected else True, return_dict=True)
+        cond = out.pop("cond")
+        out.update(add_dict or {})
+        return [[cond, out]]
+
+    def encode(self, text: str) -> torch.Tensor:
+        return self.encode_from_tokens(self.tokenize(text))
+
+    def empty_tokens(self) -> dict:
+        return self.tokenize("")
+
+    def state_dicts(self) -> dict:
+        """Encoder name -> its HF-layout state dict (for saving and merging)."""
+        return {name: model.state_dict() for name, model in self.models.items()}
+
+
+def build_clip(text_encoders: dict, embedding_lookup: EmbeddingLookup | None = None, family: str | None = None,
+               device=None, weight_dtype: torch.dtype | None = torch.float16) -> CLIP:
+    """text_encoders: encoder name -> HF-layout state dict (models/checkpoint.py's LoadedCheckpoint.
+    text_encoders). Weights are kept in `weight_dtype` (fp16 like ComfyUI), computed in fp32."""
+    family = family or family_of(text_encoders)
+    models = {name: build_text_model(name, sd, device, weight_dtype) for name, sd in text_encoders.items()}
+    return CLIP(family, models, embedding_lookup)
+
+
+def clip_from_checkpoint(source, embedding_lookup: EmbeddingLookup | None = None, device=None,
+                         weight_dtype: torch.dtype | None = torch.float16) -> CLIP:
+    """The CLIP of a full checkpoint (path, state dict or TensorSource); only the
+    text-encoder tensors are read."""
+    from models.checkpoint import load_checkpoint
+    loaded = load_checkpoint(source, output_model=False, output_vae=False, text_dtype=weight_dtype)
+    if not loaded.text_encoders:
+        raise ValueError(f"{loaded.detection.title} checkpoint without text encoder weights")
+    return build_clip(loaded.text_encoders, embedding_lookup, None, device, weight_dtype)
