@@ -2,7 +2,8 @@
 
 Route modules live in server/routes/; each exports `routes` (a RouteTableDef of core
 routes, registered at the plain path and again under /api) and may export
-`internal_routes` (mounted under /internal, never duplicated). State lives on the app.
+`internal_routes` (mounted under /internal, never duplicated) and `init_app(app)` (sets up
+the module's state on the app before start-up). State lives on the app.
 """
 from __future__ import annotations
 
@@ -135,6 +136,8 @@ def create_app(args=None) -> web.Application:
     for mod in route_modules():
         core._items.extend(getattr(mod, "routes", []))
         internal._items.extend(getattr(mod, "internal_routes", []))
+        if hasattr(mod, "init_app"):  # per-app state a route module needs (set before start-up)
+            mod.init_app(app)
     core.get("/ws")(hub.handle)
 
     from server.prompt_server import PromptServer

@@ -8,7 +8,7 @@ from aiohttp import web
 from models import folders
 from server import logs
 from server.app_keys import HUB
-from server.routes._common import BadRequest, bad_request, read_json
+from server.routes._common import bad_request, read_json
 
 internal_routes = web.RouteTableDef()
 
@@ -25,11 +25,10 @@ async def get_raw_logs(request):
 
 @internal_routes.patch("/logs/subscribe")
 async def subscribe_logs(request):
-    try:
-        body = await read_json(request)
-        client_id, enabled = body["clientId"], body["enabled"]
-    except (BadRequest, KeyError) as e:
-        return bad_request(f"expected {{clientId, enabled}}: {e}")
+    body = await read_json(request)
+    client_id, enabled = body.get("clientId"), body.get("enabled")
+    if not isinstance(client_id, str) or enabled is None:
+        return bad_request('expected {"clientId": "<ws sid>", "enabled": true|false}')
     logs.subscribe(request.config_dict[HUB], client_id, bool(enabled))
     return web.Response(status=200)
 
@@ -41,11 +40,20 @@ async def folder_paths(request):
 
 @internal_routes.get("/files/{directory_type}")
 async def list_files(request):
-    root = folders.get_directory_by_type(request.match_info["directory_type"])
+    directory_type = request.match_info["directory_type"]
+    root = folders.get_directory_by_type(directory_type) if directory_type in ("output", "input", "temp") else None
     if root is None:
         return web.json_response({"error": "Invalid directory type"}, status=400)
     if not os.path.isdir(root):
         return web.json_response([])
-    entries = [e for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
-    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
-    return web.json_response([e.name for e in entries])
+    visible = []
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name.startswith(".") or not e.is_file():
+                continue
+            try:
+                visible.append((e.stat().st_mtime, e.name))
+            except OSError:
+                continue  # vanished or a dangling link
+    visible.sort(key=lambda t: -t[0])  # newest first; stable for equal times
+    return web.json_response([name for _, name in visible])

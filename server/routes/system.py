@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from importlib import metadata
 
 import psutil
@@ -20,12 +21,14 @@ from server.app_keys import ARGS, HUB
 routes = web.RouteTableDef()
 
 COMFYUI_VERSION = "0.8.0"
-REQUIRED_FRONTEND = "1.35.9"
-REQUIRED_TEMPLATES = "0.7.67"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+FRONTEND_PACKAGE = "comfyui-frontend-package"
+TEMPLATES_PACKAGE = "comfyui-workflow-templates"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # model previews
+PREVIEW_HEADER_LIMIT = 8 * 1024 * 1024
+HIDDEN_MODEL_FOLDERS = ("configs", "custom_nodes")  # not model libraries: left out of /experiment/models
 
 
-def _version(package: str):
+def installed_version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -33,14 +36,19 @@ def _version(package: str):
 
 
 def device_stats(use_cpu: bool) -> dict:
+    """The torch device entry of /system_stats (API.md §6): CUDA figures from the driver and
+    the caching allocator, else system RAM for the CPU."""
     if not use_cpu and torch.cuda.is_available():
         dev = torch.device("cuda", torch.cuda.current_device())
         free, total = torch.cuda.mem_get_info(dev)
         stats = torch.cuda.memory_stats(dev)
         reserved = stats.get("reserved_bytes.all.current", 0)
         active = stats.get("active_bytes.all.current", 0)
-        allocator = "cudaMallocAsync" if torch.cuda.get_allocator_backend() == "cudaMallocAsync" else "native"
-        return {"name": f"cuda:{dev.index} {torch.cuda.get_device_name(dev)} : {allocator}", "type": "cuda",
+        try:
+            allocator = torch.cuda.get_allocator_backend()
+        except RuntimeError:
+            allocator = ""
+        return {"name": f"{dev} {torch.cuda.get_device_name(dev)} : {allocator}", "type": "cuda",
                 "index": dev.index, "vram_total": total, "vram_free": free + (reserved - active),
                 "torch_vram_total": reserved, "torch_vram_free": reserved - active}
     vm = psutil.virtual_memory()
@@ -48,17 +56,23 @@ def device_stats(use_cpu: bool) -> dict:
             "torch_vram_total": vm.total, "torch_vram_free": vm.available}
 
 
+def system_info() -> dict:
+    vm = psutil.virtual_memory()
+    # comfyd's "required" versions are the packages it is installed with: the frontend it
+    # serves is the one it requires, so the UI shows no outdated-frontend warning.
+    frontend = installed_version(FRONTEND_PACKAGE)
+    templates = installed_version(TEMPLATES_PACKAGE)
+    return {"os": sys.platform, "ram_total": vm.total, "ram_free": vm.available,
+            "comfyui_version": COMFYUI_VERSION, "required_frontend_version": frontend,
+            "installed_templates_version": templates, "required_templates_version": templates,
+            "python_version": sys.version, "pytorch_version": torch.version.__version__,
+            "embedded_python": os.path.basename(os.path.dirname(sys.executable)) == "python_embeded",
+            "argv": sys.argv}
+
+
 @routes.get("/system_stats")
 async def system_stats(request: web.Request) -> web.Response:
-    vm = psutil.virtual_memory()
-    args = request.app[ARGS]
-    return web.json_response({
-        "system": {"os": sys.platform, "ram_total": vm.total, "ram_free": vm.available,
-                   "comfyui_version": COMFYUI_VERSION, "required_frontend_version": REQUIRED_FRONTEND,
-                   "installed_templates_version": _version("comfyui-workflow-templates"),
-                   "required_templates_version": REQUIRED_TEMPLATES, "python_version": sys.version,
-                   "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv},
-        "devices": [device_stats(args.cpu)]})
+    return web.json_response({"system": system_info(), "devices": [device_stats(request.app[ARGS].cpu)]})
 
 
 @routes.get("/features")
@@ -87,50 +101,72 @@ async def model_files(request: web.Request) -> web.Response:
 @routes.get("/experiment/models")
 async def experiment_models(request: web.Request) -> web.Response:
     return web.json_response([{"name": k, "folders": folders.get_folder_paths(k)}
-                              for k in folders.model_kinds() if k not in ("configs", "custom_nodes")])
+                              for k in folders.model_kinds() if k not in HIDDEN_MODEL_FOLDERS])
 
 
-GENERIC_MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+def model_file_entries(root: str, index: int) -> list[dict]:
+    """Weight files under one folder of a kind, recursively (hidden files and folders and
+    .git skipped; symlinked folders followed, as model libraries often are)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if fn.startswith(".") or os.path.splitext(fn)[1].lower() not in folders.MODEL_EXTENSIONS:
+                continue
+            path = os.path.join(dirpath, fn)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # a dangling link: skipped, as ComfyUI does
+            out.append({"name": os.path.relpath(path, root), "pathIndex": index,
+                        "modified": st.st_mtime, "created": st.st_ctime, "size": st.st_size})
+    return out
 
 
 @routes.get("/experiment/models/{folder}")
 async def experiment_model_files(request: web.Request) -> web.Response:
     folder = request.match_info["folder"]
-    if folder not in folders.model_kinds() or folder in ("configs", "custom_nodes"):
+    if folder not in folders.model_kinds():
         return web.Response(status=404)
     out = []
     for index, root in enumerate(folders.get_folder_paths(folder)):
-        if not os.path.isdir(root):
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fn in filenames:
-                if fn.startswith(".") or not fn.lower().endswith(GENERIC_MODEL_EXTENSIONS):
-                    continue
-                path = os.path.join(dirpath, fn)
-                st = os.stat(path)
-                out.append({"name": os.path.relpath(path, root).replace(os.sep, "/"), "pathIndex": index,
-                            "modified": st.st_mtime, "created": st.st_ctime, "size": st.st_size})
+        if os.path.isdir(root):
+            out.extend(model_file_entries(root, index))
     return web.json_response(out)
 
 
-def _safetensors_cover(path: str):
+def _safetensors_cover(path: str) -> bytes | None:
+    """The first ssmd_cover_images entry (base64) of a safetensors header, if any."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
-            if size > 100 * 1024 * 1024:
+            if size > PREVIEW_HEADER_LIMIT:
                 return None
-            meta = json.loads(f.read(size)).get("__metadata__", {})
-        covers = json.loads(meta.get("ssmd_cover_images", "[]"))
+            header = json.loads(f.read(size))
+        meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+        covers = json.loads(meta.get("ssmd_cover_images") or "[]") if isinstance(meta, dict) else []
         return base64.b64decode(covers[0]) if covers else None
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError, TypeError, AttributeError):
         return None
+
+
+def _preview_bytes(model: str) -> bytes | None:
+    """A model's preview: '<stem>.<image ext>', '<stem>.preview.<image ext>', or the cover
+    image stored in '<stem>.safetensors'."""
+    stem = os.path.splitext(model)[0]
+    for candidate in [stem + e for e in IMAGE_EXTENSIONS] + [stem + ".preview" + e for e in IMAGE_EXTENSIONS]:
+        if os.path.isfile(candidate):
+            with open(candidate, "rb") as f:
+                return f.read()
+    if os.path.isfile(stem + ".safetensors"):
+        return _safetensors_cover(stem + ".safetensors")
+    return None
 
 
 @routes.get("/experiment/models/preview/{folder}/{path_index}/{filename:.*}")
 async def model_preview(request: web.Request) -> web.Response:
     folder, filename = request.match_info["folder"], request.match_info["filename"]
-    if folder not in folders.model_kinds():
+    if folder not in folders.model_kinds() or "\x00" in filename:
         return web.Response(status=404)
     roots = folders.get_folder_paths(folder)
     try:
@@ -140,20 +176,15 @@ async def model_preview(request: web.Request) -> web.Response:
     model = os.path.abspath(os.path.join(root, filename))
     if not folders.is_inside(model, root):
         return web.Response(status=404)
-    stem = os.path.splitext(model)[0]
-    data = None
-    for candidate in [stem + e for e in IMAGE_EXTENSIONS] + [stem + ".preview" + e for e in IMAGE_EXTENSIONS]:
-        if os.path.isfile(candidate):
-            with open(candidate, "rb") as f:
-                data = f.read()
-            break
-    if data is None and model.endswith(".safetensors") and os.path.isfile(model):
-        data = _safetensors_cover(model)
+    data = _preview_bytes(model)
     if data is None:
         return web.Response(status=404)
+    buf = io.BytesIO()
     try:
-        buf = io.BytesIO()
-        Image.open(io.BytesIO(data)).save(buf, format="WEBP")
-    except Exception:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.save(buf, format="WEBP")
+    except Exception:  # undecodable, or too large to decode: no preview
         return web.Response(status=404)
     return web.Response(body=buf.getvalue(), content_type="image/webp")
