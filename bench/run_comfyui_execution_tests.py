@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MAIN = f"""import sys
+# ComfyUI keeps history in memory, so each test class's fresh server starts with none; comfyd
+# keeps it in user/__comfyd. Every start therefore gets its own empty user directory.
+MAIN = f"""import sys, tempfile
 sys.path.insert(0, {ROOT!r})
 from server.main import main
-main()
+argv = sys.argv[1:]
+if "--user-directory" not in argv:
+    argv += ["--user-directory", tempfile.mkdtemp(prefix="user-", dir="scratch")]
+main(argv)
 """
 
 PYTEST_INI = """[pytest]
@@ -28,6 +34,12 @@ markers =
   execution: execution tests
 addopts = -p no:cacheprovider
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -44,6 +56,7 @@ def main() -> int:
     for name in ("__init__.py", "conftest.py"):
         shutil.copy(os.path.join(src, name), os.path.join(work, "tests", name))
     shutil.copytree(os.path.join(src, "execution"), os.path.join(work, "tests", "execution"))
+    os.makedirs(os.path.join(work, "scratch"))
     with open(os.path.join(work, "main.py"), "w") as f:
         f.write(MAIN)
     with open(os.path.join(work, "pytest.ini"), "w") as f:
@@ -52,6 +65,8 @@ def main() -> int:
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = os.pathsep.join([work, ROOT, os.path.join(ROOT, "compat")])
     args = sys.argv[2:] or ["tests/execution/test_execution.py"]
+    if "--port" not in args:  # the tests default to 8188, which another server may hold
+        args += ["--port", str(free_port())]
     print(f"running in {work}: pytest {' '.join(args)}", flush=True)
     return subprocess.call([sys.executable, "-m", "pytest", *args, "--output_dir", os.path.join(work, "out")],
                            cwd=work, env=env)
