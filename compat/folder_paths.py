@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import time
 
 from models import folders as _f
 from models.folders import (MODEL_EXTENSIONS as supported_pt_extensions, add_model_folder_path,  # noqa: F401
@@ -20,6 +21,7 @@ def __getattr__(name):
                "models_dir": lambda: os.path.join(s.base, "models"), "output_directory": lambda: s.output,
                "input_directory": lambda: s.input, "temp_directory": lambda: s.temp,
                "user_directory": lambda: s.user}
+    dynamic["filename_list_cache"] = lambda: _f._list_cache  # packs clear it to force a re-scan
     if name in dynamic:
         return dynamic[name]()
     raise AttributeError(name)
@@ -63,9 +65,35 @@ def get_public_user_directory(user: str) -> str | None:
     return os.path.join(get_user_directory(), user)
 
 
+def get_system_user_directory(name: str = "system") -> str:
+    """<user>/__<name>: internal data no HTTP route serves."""
+    if not name or not isinstance(name, str):
+        raise ValueError("System user name cannot be empty")
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"Invalid system user name: '{name}'")
+    if name.startswith("_"):
+        raise ValueError("System user name should not start with underscore")
+    return os.path.join(get_user_directory(), SYSTEM_USER_PREFIX + name)
+
+
+def get_input_subfolders() -> list[str]:
+    """Every folder under the input directory, relative, with forward slashes, sorted."""
+    root = get_input_directory()
+    out = []
+    for dirpath, _dirs, _files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel != ".":
+            out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
 def get_filename_list_(folder_name: str):
-    files = get_filename_list(folder_name)
-    return files, {}, 0.0
+    """(files, {scanned folder: mtime}, time of the scan), as ComfyUI's uncached listing."""
+    dirs = {}
+    for root in get_folder_paths(folder_name):
+        if os.path.isdir(root):
+            dirs.update(recursive_search(root, [".git"])[1])
+    return get_filename_list(folder_name), dirs, time.perf_counter()
 
 
 def filter_files_extensions(files, extensions):
@@ -73,17 +101,29 @@ def filter_files_extensions(files, extensions):
     return sorted(f for f in files if not exts or os.path.splitext(f)[1].lower() in exts)
 
 
+# extension -> content type; seeded with the ones mimetypes does not know everywhere
+extension_mimetypes_cache = {"webp": "image", "fbx": "model"}
+
+
 def filter_files_content_types(files, content_types):
+    """Files whose type ("image", "video", "audio", "model" = 3D) is one of content_types."""
     out = []
     for f in files:
-        mime = mimetypes.guess_type(f)[0] or ""
-        kind = "image" if f.lower().endswith(".webp") else mime.split("/")[0]
+        ext = f.split(".")[-1]
+        kind = extension_mimetypes_cache.get(ext)
+        if kind is None:
+            mime = mimetypes.guess_type(f, strict=False)[0]
+            if not mime:
+                continue
+            kind = extension_mimetypes_cache[ext] = mime.split("/")[0]
         if kind in content_types:
             out.append(f)
     return out
 
 
 def recursive_search(directory, excluded_dir_names=None):
+    if not os.path.isdir(directory):
+        return [], {}
     excluded = set(excluded_dir_names or [])
     result, dirs = [], {}
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):

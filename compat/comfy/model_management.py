@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+from enum import Enum
 
 import psutil
 import torch
@@ -9,15 +10,80 @@ import torch
 from models.progress import InterruptProcessingException, check_interrupted, interrupt_requested, request_interrupt  # noqa: F401
 
 OOM_EXCEPTION = torch.OutOfMemoryError
-_force_cpu = {"value": not torch.cuda.is_available()}
+_force_cpu = {"value": None}  # None: follow the server's --cpu flag
+
+
+class VRAMState(Enum):
+    DISABLED = 0  # no GPU: everything on the CPU
+    NO_VRAM = 1
+    LOW_VRAM = 2
+    NORMAL_VRAM = 3
+    HIGH_VRAM = 4
+    SHARED = 5
+
+
+class CPUState(Enum):
+    GPU = 0
+    CPU = 1
+    MPS = 2
 
 
 def set_cpu(force: bool) -> None:
-    _force_cpu["value"] = force or not torch.cuda.is_available()
+    _force_cpu["value"] = force
+
+
+def _cpu_only() -> bool:
+    if not torch.cuda.is_available():
+        return True
+    if _force_cpu["value"] is not None:
+        return _force_cpu["value"]
+    from comfy.cli_args import args
+    return bool(getattr(args, "cpu", False))
 
 
 def get_torch_device() -> torch.device:
-    return torch.device("cpu") if _force_cpu["value"] else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if _cpu_only() else torch.device("cuda", torch.cuda.current_device())
+
+
+def __getattr__(name):
+    # module-level state ComfyUI keeps as globals, computed from the flags when read
+    if name == "cpu_state":
+        return CPUState.CPU if _cpu_only() else CPUState.GPU
+    if name == "vram_state":
+        return VRAMState.DISABLED if _cpu_only() else VRAMState.NORMAL_VRAM
+    raise AttributeError(name)
+
+
+def cpu_mode() -> bool:
+    return _cpu_only()
+
+
+def mps_mode() -> bool:
+    return False  # comfyd runs on CUDA or the CPU
+
+
+def is_intel_xpu() -> bool:
+    return False
+
+
+def xformers_enabled() -> bool:
+    return False  # comfyd's attention is PyTorch SDPA
+
+
+def pytorch_attention_enabled() -> bool:
+    return True
+
+
+def get_autocast_device(dev) -> str:
+    return torch.device(dev).type if dev is not None else "cuda"
+
+
+def device_supports_non_blocking(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def module_size(module) -> int:
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
 
 
 def intermediate_device() -> torch.device:
