@@ -143,3 +143,67 @@ def clip_from_checkpoint(source, embedding_lookup: EmbeddingLookup | None = None
     if not loaded.text_encoders:
         raise ValueError(f"{loaded.detection.title} checkpoint without text encoder weights")
     return build_clip(loaded.text_encoders, embedding_lookup, None, device, weight_dtype)
+
+
+def sdxl_tokens(clip: CLIP, text_g: str, text_l: str) -> dict:
+    """CLIPTextEncodeSDXL's tokens: text_g for CLIP-G, text_l for CLIP-L, the shorter list
+    padded with the chunks of an empty prompt so both have the same number of chunks."""
+    tokens = clip.tokenize(text_g)
+    tokens["l"] = clip.tokenize(text_l)["l"]
+    if len(tokens["l"]) != len(tokens["g"]):
+        empty = clip.tokenize("")
+        while len(tokens["l"]) < len(tokens["g"]):
+            tokens["l"] += empty["l"]
+        while len(tokens["g"]) < len(tokens["l"]):
+            tokens["g"] += empty["g"]
+    return tokens
+
+
+def text_encoder_kind(sd: dict) -> str:
+    """"clip_l", "clip_h" or "clip_g" for a HF-layout text-encoder state dict (by depth and width)."""
+    if "text_model.encoder.layers.30.mlp.fc1.weight" in sd:
+        return "clip_g"
+    if "text_model.encoder.layers.22.mlp.fc1.weight" in sd:
+        return "clip_h"
+    if "text_model.encoder.layers.0.mlp.fc1.weight" in sd:
+        return "clip_l"
+    raise ValueError("not a CLIP text encoder (no text_model.encoder.layers.*)")
+
+
+def text_encoder_state_dict(source) -> dict:
+    """A stand-alone text-encoder file (CLIPLoader / DualCLIPLoader) as a HF-layout state dict:
+    HF files with or without the `text_model.` level, and OpenCLIP text towers (optionally
+    under a checkpoint prefix)."""
+    from models.checkpoint import openclip_to_hf
+    from models.state_dict import as_source
+    src = as_source(source)
+    try:
+        keys = src.keys()
+        hf = [k for k in keys if "text_model.encoder.layers." in k or "text_model.embeddings." in k]
+        if hf:
+            prefix = hf[0][:hf[0].index("text_model.")]
+            sd = src.read([k for k in keys if k.startswith(prefix)], strip=prefix)
+            return {k: v for k, v in sd.items() if k.startswith("text_model.") or k in ("text_projection.weight",)}
+        oc = [k for k in keys if "transformer.resblocks." in k and not k.startswith("visual.")]
+        if oc:
+            prefix = oc[0][:oc[0].index("transformer.resblocks.")]
+            return openclip_to_hf(src.read([k for k in keys if k.startswith(prefix)], strip=prefix))
+        if any(k.startswith("encoder.layers.") for k in keys):  # HF without the text_model. level
+            return {"text_model." + k: v for k, v in src.read(keys).items()}
+        raise ValueError("the file holds no CLIP text encoder")
+    finally:
+        if src is not source:
+            src.close()
+
+
+def clip_from_text_encoder_files(sources, embedding_lookup: EmbeddingLookup | None = None, device=None,
+                                 weight_dtype: torch.dtype | None = torch.float16) -> CLIP:
+    """CLIPLoader (one file) / DualCLIPLoader (CLIP-L + CLIP-G files for SDXL)."""
+    encoders = {}
+    for source in sources:
+        sd = text_encoder_state_dict(source)
+        kind = text_encoder_kind(sd)
+        if kind in encoders:
+            raise ValueError(f"two {kind} text encoders given")
+        encoders[kind] = sd
+    return build_clip(encoders, embedding_lookup, None, device, weight_dtype)
