@@ -12,7 +12,6 @@ import logging
 import os
 import pkgutil
 import sys
-import urllib.parse
 
 from aiohttp import web
 
@@ -81,8 +80,9 @@ def load_custom_nodes(app: web.Application, args) -> web.RouteTableDef:
     packs = custom.load_all(folders.get_folder_paths("custom_nodes"), set(args.whitelist_custom_nodes),
                             disabled=args.disable_all_custom_nodes)
     extensions.LOADED_PACKS.update(packs)
-    for name, web_dir in extensions.web_directories().items():
-        app.router.add_static(f"/extensions/{urllib.parse.quote(name)}", web_dir)
+    extensions.add_static_routes(app)
+    from server.routes import frontend_support
+    frontend_support.add_static_routes(app, packs)
 
 
 def cache_mode(args) -> tuple[str, int]:

@@ -26,6 +26,11 @@ def test_folder_paths_directories_and_model_folders(folders):
     folder_paths.add_model_folder_path("checkpoints", str(extra_b), is_default=True)
     paths = folder_paths.get_folder_paths("checkpoints")
     assert paths[0] == str(extra_b) and paths[-1] == str(extra_a)
+    folder_paths.add_model_folder_path("checkpoints", str(extra_b))  # known: keeps its place
+    assert folder_paths.get_folder_paths("checkpoints") == paths
+    folder_paths.add_model_folder_path("checkpoints", str(extra_a), is_default=True)
+    assert folder_paths.get_folder_paths("checkpoints")[:2] == [str(extra_a), str(extra_b)]
+    folder_paths.add_model_folder_path("checkpoints", str(extra_b), is_default=True)
     (extra_a / "sub").mkdir()
     (extra_a / "sub" / "m.safetensors").write_bytes(b"x")
     (extra_a / "notes.txt").write_text("not a model")

@@ -1,5 +1,7 @@
 """Custom node packs load unchanged: V1 and V3 packs, web directories, routes, broken packs."""
+import hashlib
 import json
+import os
 import textwrap
 
 import pytest
@@ -82,13 +84,17 @@ async def pack_client(aiohttp_client, make_args, base_dir):
     (packs / "mypack" / "__init__.py").write_text(V1_PACK)
     (packs / "mypack" / "js" / "ui.js").write_text("console.log('hi')")
     (packs / "mypack" / "locales" / "en").mkdir(parents=True)
-    (packs / "mypack" / "locales" / "en" / "main.json").write_text(json.dumps({"greeting": "hi"}))
+    (packs / "mypack" / "locales" / "en" / "main.json").write_text(json.dumps({"greeting": "hi", "list": ["m"]}))
     (packs / "mypack" / "example_workflows").mkdir()
-    (packs / "mypack" / "example_workflows" / "demo.json").write_text("{}")
+    (packs / "mypack" / "example_workflows" / "demo.json").write_text('{"nodes": [1]}')
     (packs / "mypack" / "subgraphs").mkdir()
     (packs / "mypack" / "subgraphs" / "sg.json").write_text('{"nodes": []}')
     (packs / "v3pack.py").write_text(V3_PACK)
     (packs / "broken.py").write_text("raise RuntimeError('this pack is broken')")
+    (packs / "brokendir" / "locales" / "en").mkdir(parents=True)
+    (packs / "brokendir" / "__init__.py").write_text("import not_a_module_anywhere")
+    (packs / "brokendir" / "locales" / "en" / "main.json").write_text(json.dumps({"list": ["b"], "x": {"y": 1}}))
+    (packs / "mypack" / "locales" / "en" / "nodeDefs.json").write_text(json.dumps({"MyDoubler": {"display_name": "D"}}))
     from server.app import create_app
     return await aiohttp_client(create_app(make_args()))
 
@@ -108,11 +114,19 @@ async def test_web_directory_i18n_templates_subgraphs(pack_client):
     assert "/extensions/mypack/ui.js" in await (await pack_client.get("/extensions")).json()
     r = await pack_client.get("/extensions/mypack/ui.js")
     assert r.status == 200 and "console.log" in await r.text()
-    assert (await (await pack_client.get("/i18n")).json())["en"]["greeting"] == "hi"
+    en = (await (await pack_client.get("/i18n")).json())["en"]
+    # packs in folder order (brokendir, then mypack); lists concatenate, dicts merge
+    assert en == {"list": ["b", "m"], "x": {"y": 1}, "greeting": "hi",
+                  "nodeDefs": {"MyDoubler": {"display_name": "D"}}}
     assert await (await pack_client.get("/workflow_templates")).json() == {"mypack": ["demo"]}
+    r = await pack_client.get("/api/workflow_templates/mypack/demo.json")
+    assert r.status == 200 and await r.json() == {"nodes": [1]}
     subgraphs = await (await pack_client.get("/global_subgraphs")).json()
     (sid, entry), = subgraphs.items()
     assert entry == {"source": "custom_node", "name": "sg", "info": {"node_pack": "custom_nodes.mypack"}}
+    import folder_paths  # ComfyUI's id: sha256("custom_node" + the file's path)
+    sg_file = os.path.join(folder_paths.get_folder_paths("custom_nodes")[0], "mypack", "subgraphs", "sg.json")
+    assert sid == hashlib.sha256(f"custom_node{sg_file}".encode()).hexdigest()
     full = await (await pack_client.get(f"/global_subgraphs/{sid}")).json()
     assert full["data"] == '{"nodes": []}'
     assert await (await pack_client.get("/global_subgraphs/nope")).json() is None

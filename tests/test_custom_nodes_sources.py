@@ -191,3 +191,19 @@ async def test_comfyui_testing_pack(aiohttp_client, make_args, base_dir, tmp_pat
     assert hist["outputs"]["show"] == {"text": ["7"]}
     progress = [d for t, d in events if t == "progress_state"]
     assert progress and any(n.get("max") == 1.0 for d in progress for n in d["nodes"].values())
+
+
+async def test_broken_packs_logged_and_skipped(aiohttp_client, make_args, base_dir, caplog):
+    packs = base_dir / "custom_nodes"
+    show_pack(packs)
+    (packs / "explodes.py").write_text("def f():\n    raise ValueError('boom at import')\nf()\n")
+    (packs / "badv3.py").write_text("async def comfy_entrypoint():\n    return object()\n")
+    (packs / "nomappings.py").write_text("X = 1\n")
+    from server.app import create_app
+    with caplog.at_level("INFO"):
+        c = await aiohttp_client(create_app(make_args()))
+    text = caplog.text
+    assert "Traceback" in text and "boom at import" in text and "explodes.py" in text
+    assert "did not return a ComfyExtension" in text and "lack of NODE_CLASS_MAPPINGS" in text
+    assert (await c.get("/object_info/ShowAny")).status == 200
+    assert "ShowAny" in await (await c.get("/object_info/ShowAny")).json()
