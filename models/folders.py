@@ -135,9 +135,11 @@ def add_model_folder_path(kind: str, path: str, is_default: bool = False) -> Non
     if kind not in models:
         models[kind] = ([], set())
     paths = models[kind][0]
-    if path in paths:
-        paths.remove(path)
-    if is_default:
+    if path in paths:  # as ComfyUI: a known path keeps its place unless it becomes the default
+        if is_default:
+            paths.remove(path)
+            paths.insert(0, path)
+    elif is_default:
         paths.insert(0, path)
     else:
         paths.append(path)
