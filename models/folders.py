@@ -195,13 +195,16 @@ def get_filename_list(kind: str) -> list[str]:
 def get_full_path(kind: str, filename: str) -> str | None:
     """Absolute path of `filename` inside one of the kind's folders, or None.
 
-    Refuses names that escape the folder (`..`, absolute paths)."""
+    Refuses names that escape the folder (`..`, absolute paths). The check is on the
+    name, not the resolved path: symlinked weight files (a common way to share models
+    between installs) are followed, as in ComfyUI."""
     kind = map_legacy(kind)
     if kind not in state().models:
         return None
     for root in state().models[kind][0]:
-        candidate = os.path.join(root, os.path.normpath(filename))
-        if not is_inside(candidate, root):
+        root = os.path.abspath(root)
+        candidate = os.path.abspath(os.path.join(root, os.path.normpath(filename)))
+        if os.path.commonpath([candidate, root]) != root or candidate == root:
             continue
         if os.path.isfile(candidate):
             return candidate

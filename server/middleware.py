@@ -15,6 +15,7 @@ import socket
 import urllib.parse
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ async def bad_request_guard(request: web.Request, handler):
     except ValueError as e:  # includes json.JSONDecodeError and UnicodeDecodeError
         log.warning("bad request %s %s: %s", request.method, request.path, e)
         return web.json_response({"error": f"Bad request: {e}"}, status=400)
+    except HttpProcessingError as e:  # malformed headers inside a multipart body
+        log.warning("bad request %s %s: %s", request.method, request.path, e.message)
+        status = e.code if 400 <= (e.code or 0) < 500 else 400
+        return web.json_response({"error": f"Bad request: {e.message}"}, status=status)
 
 
 def build(args) -> list:

@@ -12,6 +12,7 @@ import urllib.parse
 import warnings
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from models import folders
@@ -152,8 +153,8 @@ async def _read_form(request: web.Request):
         return await request.post()
     except web.HTTPException:
         raise
-    except (ValueError, AssertionError, UnicodeDecodeError) as e:
-        raise FileRefused(400, f"invalid multipart body: {e}")
+    except (ValueError, AssertionError, HttpProcessingError) as e:  # HttpProcessingError: bad part headers
+        raise FileRefused(400, f"invalid multipart body: {getattr(e, 'message', None) or e}")
 
 
 @routes.post("/upload/image")
