@@ -169,10 +169,10 @@ async def model_preview(request: web.Request) -> web.Response:
     if folder not in folders.model_kinds() or "\x00" in filename:
         return web.Response(status=404)
     roots = folders.get_folder_paths(folder)
-    try:
-        root = roots[int(request.match_info["path_index"])]
-    except (ValueError, IndexError):
+    index = request.match_info["path_index"]
+    if not index.isdigit() or int(index) >= len(roots):
         return web.Response(status=404)
+    root = roots[int(index)]
     model = os.path.abspath(os.path.join(root, filename))
     if not folders.is_inside(model, root):
         return web.Response(status=404)
