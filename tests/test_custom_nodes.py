@@ -28,6 +28,8 @@ V1_PACK = textwrap.dedent('''
         FUNCTION = "go"
         CATEGORY = "mypack"
         def go(self, value, uid):
+            from comfy_execution.utils import get_executing_context
+            assert get_executing_context().node_id == uid
             bar = comfy.utils.ProgressBar(2)
             bar.update(1); bar.update(1)
             PromptServer.instance.send_sync("mypack.event", {"uid": uid})
