@@ -76,20 +76,24 @@ def _diffusers_to_ldm_controlnet(src: TensorSource) -> DictSource:
         for i in range(embedding_blocks):
             names[f"controlnet_cond_embedding.blocks.{i}.{s}"] = f"input_hint_block.{(i + 1) * 2}.{s}"
         names[f"controlnet_cond_embedding.conv_out.{s}"] = f"input_hint_block.{(embedding_blocks + 1) * 2}.{s}"
-    if any(k.startswith("control_add_embedding.") for k in keys):
-        raise ModelFileError("ControlNet-Union (diffusers) files are not supported yet")
-    left = [k for k in keys if k not in names]
+    out = {names[k]: src.get(k) for k in keys if k in names}
+    if "control_add_embedding.linear_1.bias" in src:  # ControlNet-Union: its own parts keep their names
+        for k in keys:
+            if k not in names:
+                out[k.replace(".attn.in_proj_", ".attn.in_proj.")] = src.get(k)
+    left = [k for k in keys if k not in names and k.replace(".attn.in_proj_", ".attn.in_proj.") not in out]
     if left:
         log.warning("diffusers ControlNet: %d keys not used (e.g. %s)", len(left), ", ".join(left[:3]))
-    return DictSource({names[k]: src.get(k) for k in keys if k in names})
+    return DictSource(out)
 
 
 def _build_controlnet(src: TensorSource, prefix: str, model=None, global_average_pooling=False,
                       compute_dtype=torch.float32, weight_dtype=None) -> ControlNet:
     cfg = controlnet_config(src, prefix)
     hint_channels = src.shape(prefix + "input_hint_block.0.weight")[1]
+    union = src.shape(prefix + "task_embedding")[0] if prefix + "task_embedding" in src else None
     with torch.device("meta"):
-        net = ControlNetModel(cfg, hint_channels)
+        net = ControlNetModel(cfg, hint_channels, union_types=union)
     own = net.state_dict().keys()
     keys = [k for k in src.keys() if k.startswith(prefix) and k[len(prefix):] in own]
     sd = src.read(keys, strip=prefix)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
-from models.attention import SpatialTransformer
+from models.attention import SpatialTransformer, attention
 from models.unet import Downsample, ResBlock, UNetBlock, timestep_embedding
 
 
@@ -41,8 +41,51 @@ def _hint_block(hint_channels, model_channels, device):
     return nn.Sequential(*layers)
 
 
+UNION_CONTROLNET_TYPES = {"openpose": 0, "depth": 1, "hed/pidi/scribble/ted": 2, "canny/lineart/anime_lineart/mlsd": 3,
+                          "normal": 4, "segment": 5, "tile": 6, "repaint": 7}
+
+
+class UnionAttentionBlock(nn.Module):
+    """Pre-norm self-attention + QuickGELU MLP over the per-type hint features (`attn.in_proj`,
+    `attn.out_proj`, `ln_1`, `mlp.c_fc`, `mlp.c_proj`, `ln_2`)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.attn = nn.Module()
+        self.attn.in_proj = ops.Linear(dim, dim * 3)
+        self.attn.out_proj = ops.Linear(dim, dim)
+        self.ln_1 = ops.LayerNorm(dim)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", ops.Linear(dim, dim * 4))
+        self.mlp.add_module("c_proj", ops.Linear(dim * 4, dim))
+        self.ln_2 = ops.LayerNorm(dim)
+
+    def forward(self, x):
+        q, k, v = self.attn.in_proj(self.ln_1(x)).chunk(3, dim=2)
+        x = x + self.attn.out_proj(attention(q, k, v, self.heads))
+        h = self.mlp.c_fc(self.ln_2(x))
+        return x + self.mlp.c_proj(h * torch.sigmoid(1.702 * h))
+
+
+class ControlAddEmbedding(nn.Module):
+    """The chosen control type, one-hot, sinusoidally embedded and projected to the time embedding."""
+
+    def __init__(self, in_dim, out_dim, num_types):
+        super().__init__()
+        self.in_dim, self.num_types = in_dim, num_types
+        self.linear_1 = ops.Linear(in_dim * num_types, out_dim)
+        self.linear_2 = ops.Linear(out_dim, out_dim)
+
+    def forward(self, control_type, dtype, device):
+        one_hot = torch.zeros((self.num_types,), device=device)
+        one_hot[control_type] = 1.0
+        e = timestep_embedding(one_hot, self.in_dim).to(dtype).reshape((-1, self.num_types * self.in_dim))
+        return self.linear_2(F.silu(self.linear_1(e)))
+
+
 class ControlNetModel(nn.Module):
-    def __init__(self, config, hint_channels: int, device=None):
+    def __init__(self, config, hint_channels: int, device=None, union_types: int | None = None):
         super().__init__()
         c = config
         self.config = c
@@ -85,9 +128,37 @@ class ControlNetModel(nn.Module):
         self.middle_block = UNetBlock(layers)
         self.middle_block_out = _zero_conv(ch, device)
 
+        self.num_control_types = union_types
+        if union_types:  # ControlNet-Union (xinsir): one network, the control type chosen per use
+            # (its type width is the hint features' width: 320 in the real files)
+            self.task_embedding = nn.Parameter(torch.empty(union_types, mc, device=device))
+            self.transformer_layes = nn.Sequential(UnionAttentionBlock(mc, 8))
+            self.spatial_ch_projs = ops.Linear(mc, mc, device=device)
+            self.control_add_embedding = ControlAddEmbedding(256, emb_dim, union_types)
+
+    def _union_hint(self, hint, control_type):
+        """The hint features shifted by a projection of (their mean + the first type's embedding)."""
+        if hint.ndim < 5:
+            hint = hint.unsqueeze(0)
+        cond = self.input_hint_block(hint[0])
+        feat = torch.mean(cond, dim=(2, 3)) + self.task_embedding[control_type[0]].to(cond.dtype)
+        x = self.transformer_layes(feat.unsqueeze(1))
+        return cond + self.spatial_ch_projs(x[:, 0])[..., None, None]  # one type at a time, as ComfyUI
+
     def forward(self, x, hint, timesteps, context, y=None, **kwargs):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
-        guided_hint = self.input_hint_block(hint)
+        guided_hint = None
+        if self.num_control_types:
+            control_type = list(kwargs.get("control_type", []))
+            if any(t >= self.num_control_types for t in control_type):
+                names = {v: k for k, v in UNION_CONTROLNET_TYPES.items()}
+                raise ValueError(f"control type {names.get(max(control_type), max(control_type))} is out of range "
+                                 f"for this union ControlNet ({self.num_control_types} types): use the ProMax model")
+            emb = emb + self.control_add_embedding(control_type, emb.dtype, emb.device)
+            if control_type:
+                guided_hint = self._union_hint(hint, control_type)
+        if guided_hint is None:
+            guided_hint = self.input_hint_block(hint)
         if self.adm_in_channels:
             if y is None:
                 raise ValueError("this ControlNet needs SDXL's ADM vector (y) and got none: "

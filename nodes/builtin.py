@@ -15,6 +15,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.latent_io", "nodes"),
     ("nodes.conditioning", "nodes"),
     ("nodes.controlnet", "nodes"),
+    ("nodes.controlnet_extras", "comfy_extras.nodes_controlnet"),
     ("nodes.image_io", "nodes"),
     ("nodes.image", "nodes"),
     ("nodes.batch", "comfy_extras.nodes_rebatch"),

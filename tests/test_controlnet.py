@@ -359,3 +359,47 @@ def test_diffusers_controlnet_is_renamed(family, res, depth, middle):
     got = load_controlnet_state_dict(to_diffusers_controlnet(sd, res, depth, middle))
     a, b = got.control_model.state_dict(), want.control_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_control_lora_through_the_sampler(models):
+    """KSampler pipeline: pre_run builds the Control-LoRA on the base UNet, cleanup drops it,
+    and the UNet's own weights are untouched."""
+    from models.sampling import ksampler
+    model = models("sdxl")
+    before = {k: v.clone() for k, v in model.diffusion_model.state_dict().items()}
+    patcher = ModelPatcher(model)
+    pooled = torch.randn(1, CLIP_G_WIDTH, generator=torch.Generator().manual_seed(4))
+
+    def cond(control=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        opts = {"pooled_output": pooled, "width": 128, "height": 128}
+        if control is not None:
+            opts.update(control=control, control_apply_to_uncond=True)
+        return [[torch.randn(1, 77, CTX["sdxl"], generator=g), opts]]
+    cl = load_controlnet_state_dict(tiny_control_lora()).copy().set_cond_hint(hint_image(), 0.9)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    latent = torch.zeros(1, 4, 16, 16)
+    run = lambda pos: ksampler.sample(patcher, noise, 2, 5.0, "euler", "normal", pos, cond(seed=1), latent, seed=1)
+    plain = run(cond())
+    controlled = run(cond(cl))
+    assert cl.control_model is None and cl.timestep_range is None
+    assert (controlled - plain).abs().max() > 1e-3
+    assert all(torch.equal(v, before[k]) for k, v in model.diffusion_model.state_dict().items())
+    assert torch.equal(run(cond(cl)), controlled)  # rebuilt the same way on the next run
+
+
+def test_union_controlnet_uses_the_chosen_type(models):
+    from nodes.controlnet_extras import SetUnionControlNetType
+    from tiny_controlnets import tiny_union_controlnet
+    model = models("sdxl")
+    cn = load_controlnet_state_dict(tiny_union_controlnet())
+    assert cn.control_model.num_control_types == 8
+    x, sigma, c = x_latent(), sigma_at(model), conds("sdxl")
+
+    def residuals(type_name):
+        typed = SetUnionControlNetType.execute(cn, type_name).result[0] if type_name else cn
+        return ready(typed.copy(), model).get_control(x, sigma, c, 1)["output"][3]
+    auto, depth, canny = residuals("auto"), residuals("depth"), residuals("canny/lineart/anime_lineart/mlsd")
+    assert torch.equal(residuals(None), auto)  # no type set = "auto"
+    assert (depth - auto).abs().max() > 1e-4 and (depth - canny).abs().max() > 1e-4
+    assert cn.extra_args == {}  # the node works on a copy

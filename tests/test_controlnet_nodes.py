@@ -113,6 +113,10 @@ async def test_object_info_matches_comfyui(client):
                                               "start_percent", "end_percent"]
     assert adv["input"]["required"]["end_percent"] == ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}]
     assert adv["input"]["optional"] == {"vae": ["VAE"]}
+    union = info["SetUnionControlNetType"]
+    assert union["python_module"] == "comfy_extras.nodes_controlnet" and union["category"] == "conditioning/controlnet"
+    assert union["input"]["required"]["type"][1]["options"][:3] == ["auto", "openpose", "depth"]
+    assert union["output"] == ["CONTROL_NET"]
 
 
 async def test_loader_lists_controlnet_and_t2i_adapter_folders(client, cn_nodes):

@@ -160,3 +160,22 @@ def to_diffusers_controlnet(sd: dict, num_res_blocks, transformer_depth, middle)
             k = names[k]
         out[k] = v
     return out
+
+
+def tiny_union_controlnet(seed: int = 11, types: int = 8, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    """An SDXL ControlNet-Union (xinsir layout: diffusers names plus `task_embedding`,
+    `transformer_layes.0.*`, `spatial_ch_projs`, `control_add_embedding`) at tiny width."""
+    base = tiny_controlnet("sdxl", prefix="", dtype=dtype)
+    sd = to_diffusers_controlnet(base, [2, 2, 2], [0, 0, 2, 2, 10, 10], 10)
+    mc, emb = 32, 128
+    layout = {"task_embedding": (types, mc), "spatial_ch_projs.weight": (mc, mc), "spatial_ch_projs.bias": (mc,),
+              "control_add_embedding.linear_1.weight": (emb, 256 * types), "control_add_embedding.linear_1.bias": (emb,),
+              "control_add_embedding.linear_2.weight": (emb, emb), "control_add_embedding.linear_2.bias": (emb,)}
+    p = "transformer_layes.0."
+    layout.update({p + "attn.in_proj_weight": (3 * mc, mc), p + "attn.in_proj_bias": (3 * mc,),
+                   p + "attn.out_proj.weight": (mc, mc), p + "attn.out_proj.bias": (mc,),
+                   p + "ln_1.weight": (mc,), p + "ln_1.bias": (mc,), p + "ln_2.weight": (mc,), p + "ln_2.bias": (mc,),
+                   p + "mlp.c_fc.weight": (4 * mc, mc), p + "mlp.c_fc.bias": (4 * mc,),
+                   p + "mlp.c_proj.weight": (mc, 4 * mc), p + "mlp.c_proj.bias": (mc,)})
+    sd.update(_fill(layout, seed, dtype))
+    return sd
