@@ -21,6 +21,25 @@ def _current_loop():
                 return None
 
 
+class _UserManagerView:
+    """ComfyUI's UserManager methods packs call, over comfyd's server/users.py."""
+
+    def __init__(self, app: web.Application):
+        self.app = app
+
+    def _users(self):
+        from server.routes.userdata import USERS
+        return self.app[USERS]
+
+    def get_request_user_id(self, request) -> str:
+        return self._users().user_id(request)
+
+    def get_request_user_filepath(self, request, file, type="userdata", create_dir=True):
+        if type != "userdata":
+            raise KeyError("Unknown filepath type:" + type)
+        return self._users().user_path(request, file, create_dir)
+
+
 class PromptServer:
     instance: "PromptServer" = None  # type: ignore[assignment]
 
@@ -38,6 +57,26 @@ class PromptServer:
         self.on_prompt_handlers = prompt.on_prompt_handlers  # the list POST /prompt runs
         self.supports = ["custom_nodes_from_web"]
         PromptServer.instance = self
+
+    @property
+    def user_manager(self):
+        return _UserManagerView(self.app)
+
+    @property
+    def web_root(self):
+        from server import frontend
+        from server.app_keys import ARGS
+        return frontend.web_root(self.app[ARGS])
+
+    @property
+    def number(self):
+        """The next prompt number; packs that queue prompts themselves read and bump it."""
+        return self.prompt_queue.number_counter
+
+    @number.setter
+    def number(self, value):
+        with self.prompt_queue.mutex:
+            self.prompt_queue.number_counter = value
 
     @property
     def client_id(self):

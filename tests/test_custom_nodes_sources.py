@@ -1,6 +1,7 @@
 """Where packs come from and which load: extra_model_paths.yaml, --whitelist-custom-nodes,
 built-in nodes kept, pyproject web folders, and real public packs from local mirrors
 (ComfyMath; ComfyUI's own testing-pack) loaded unchanged and run over HTTP."""
+import asyncio
 import json
 import os
 import subprocess
@@ -207,3 +208,65 @@ async def test_broken_packs_logged_and_skipped(aiohttp_client, make_args, base_d
     assert "did not return a ComfyExtension" in text and "lack of NODE_CLASS_MAPPINGS" in text
     assert (await c.get("/object_info/ShowAny")).status == 200
     assert "ShowAny" in await (await c.get("/object_info/ShowAny")).json()
+
+
+QUEUEING_PACK = textwrap.dedent('''
+    import uuid
+    import execution
+    from aiohttp import web
+    from server import PromptServer
+
+    server = PromptServer.instance
+    seen = []
+
+    def tag(body):  # an on_prompt handler may rewrite every submitted body
+        seen.append(body.get("client_id"))
+        return body
+    server.add_on_prompt_handler(tag)
+
+    @server.routes.post("/qpack/queue")
+    async def queue_it(request):
+        """Queue a prompt the way packs do it themselves."""
+        prompt = await request.json()
+        prompt_id = str(uuid.uuid4())
+        ok, error, outputs, node_errors = await execution.validate_prompt(prompt_id, prompt, None)
+        if not ok:
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        number = server.number
+        server.number += 1
+        server.prompt_queue.put((number, prompt_id, prompt, {"client_id": "tester"}, outputs, {}))
+        return web.json_response({"prompt_id": prompt_id, "number": number})
+
+    @server.routes.get("/qpack/info")
+    async def info(request):
+        user_file = server.user_manager.get_request_user_filepath(request, "qpack/x.json")
+        return web.json_response({"seen": seen, "user_file": user_file, "web_root": server.web_root,
+                                  "supports": server.supports})
+
+    NODE_CLASS_MAPPINGS = {}
+''')
+
+
+async def test_pack_queues_prompts_through_prompt_server(aiohttp_client, make_args, base_dir):
+    packs = base_dir / "custom_nodes"
+    show_pack(packs)
+    (packs / "qpack.py").write_text(QUEUEING_PACK)
+    from server.app import create_app
+    c = await aiohttp_client(create_app(make_args()))
+    g = {"1": {"class_type": "ShowAny", "inputs": {"value": 5}}}
+    first = await (await c.post("/prompt", data=json.dumps({"prompt": g, "client_id": "abc"}))).json()
+    r = await c.post("/api/qpack/queue", data=json.dumps(g))
+    queued = await r.json()
+    assert r.status == 200 and queued["number"] == first["number"] + 1
+    bad = await c.post("/qpack/queue", data=json.dumps({"1": {"class_type": "Nope", "inputs": {}}}))
+    assert bad.status == 400 and (await bad.json())["error"]["type"] == "invalid_prompt"
+    for _ in range(100):
+        hist = await (await c.get(f"/history/{queued['prompt_id']}")).json()
+        if hist:
+            break
+        await asyncio.sleep(0.05)
+    assert hist[queued["prompt_id"]]["outputs"]["1"] == {"text": ["5"]}
+    info = await (await c.get("/qpack/info")).json()
+    assert info["seen"] == ["abc"] and info["user_file"] == str(base_dir / "user" / "default" / "qpack" / "x.json")
+    assert "custom_nodes_from_web" in info["supports"]
+    assert info["web_root"] is None or info["web_root"].endswith("static")
