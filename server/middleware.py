@@ -29,11 +29,7 @@ CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob
 COMPRESSIBLE = ("application/json", "text/plain")
 
 
-@web.middleware
-async def cache_control(request: web.Request, handler):
-    """Scripts, styles and index*.json must be revalidated; images may be cached."""
-    response = await handler(request)
-    path = request.path
+def _cache_headers(path: str, response) -> None:
     last = path.rsplit("/", 1)[-1]
     if path.endswith((".js", ".css")) or (last.startswith("index") and last.endswith(".json")):
         response.headers.setdefault("Cache-Control", "no-cache")
@@ -45,6 +41,18 @@ async def cache_control(request: web.Request, handler):
             response.headers.setdefault("Cache-Control", f"public, max-age={ONE_DAY}")
         elif status in (302, 303, 307):
             response.headers.setdefault("Cache-Control", "no-cache")
+
+
+@web.middleware
+async def cache_control(request: web.Request, handler):
+    """Scripts, styles and index*.json must be revalidated; images may be cached. Also applied
+    to raised HTTP errors (a static file's 404 is raised, not returned)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        _cache_headers(request.path, e)
+        raise
+    _cache_headers(request.path, response)
     return response
 
 
@@ -152,7 +160,14 @@ def cors(allowed_origin: str):
 
 @web.middleware
 async def content_security_policy(request: web.Request, handler):
-    response = web.Response() if request.method == "OPTIONS" else await handler(request)
+    if request.method == "OPTIONS":
+        response = web.Response()
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            e.headers["Content-Security-Policy"] = CSP
+            raise
     response.headers["Content-Security-Policy"] = CSP
     return response
 
