@@ -183,6 +183,7 @@ async def test_default_limit_is_100_mb(client):
 
 @pytest.mark.parametrize("method,path,data,headers", [
     ("POST", "/settings", "{broken", {}),
+    ("POST", "/prompt", "{not json", {}),
     ("POST", "/settings/x", b"\xff\xfe\x00", {}),
     ("POST", "/users", "[]", {}),
     ("PATCH", "/internal/logs/subscribe", "nope", {}),
