@@ -232,3 +232,20 @@ async def test_latent_preview_callback_reports_steps(tmp_path):
         progress.set_progress_hook(previous)
     assert [(v, t) for v, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
     assert x0["x0"][0, 0, 0, 0] == 2.0
+
+
+def test_comfy_extras_modules_from_the_registry():
+    """Packs import core classes from comfy_extras.nodes_<x>; the module offers the classes
+    /object_info reports under that python_module, and nothing else exists."""
+    import nodes  # noqa: F401  (built-ins registered)
+    from comfy_extras.nodes_mask import MaskComposite
+    import comfy_extras.nodes_mask as mask_module
+    from nodes.registry import NODE_CLASS_MAPPINGS, node_info
+    assert MaskComposite is NODE_CLASS_MAPPINGS["MaskComposite"]
+    assert node_info("MaskComposite")["python_module"] == "comfy_extras.nodes_mask"
+    assert set(mask_module.NODE_CLASS_MAPPINGS) == {
+        k for k in NODE_CLASS_MAPPINGS if node_info(k)["python_module"] == "comfy_extras.nodes_mask"}
+    with pytest.raises(ModuleNotFoundError):
+        import comfy_extras.nodes_not_a_module  # noqa: F401
+    with pytest.raises(ImportError):
+        from comfy_extras.nodes_mask import NotANode  # noqa: F401
