@@ -1,10 +1,14 @@
-"""The live graph of one prompt and the order its nodes run in.
+"""The live graph of one prompt and the order its nodes run in (API.md §11.3, §11.4).
 
-DynamicPrompt is the submitted graph plus the ephemeral nodes that node expansion adds,
-with each ephemeral node's parent and display node. ExecutionList is a topological
-"dissolve" of the part of the graph the outputs need: a node becomes ready when every
-uncached, non-lazy source it depends on is done; a staged node may go back to pending
-with new dependencies (lazy inputs, expansion, async nodes).
+DynamicPrompt is the submitted graph plus the ephemeral nodes that node expansion adds
+(each with the node that created it and the node the UI shows for it); custom nodes get it
+through the DYNPROMPT hidden input, so its method names are ComfyUI's.
+
+ExecutionList is the run's to-do list. A node is ready when every source it waits for has
+finished and nothing holds it back (an async call still working). The executor takes one
+ready node at a time; a taken node may be put back with new sources to wait for (lazy
+inputs, expansion). Results travel from a source to each consumer through the consumer's
+inbox, so they reach it even when the output cache keeps nothing (--cache-none).
 """
 from __future__ import annotations
 
@@ -35,32 +39,33 @@ class DynamicPrompt:
         self.ephemeral_display: dict = {}
 
     def get_node(self, node_id):
-        if node_id in self.ephemeral_prompt:
-            return self.ephemeral_prompt[node_id]
-        if node_id in self.original_prompt:
-            return self.original_prompt[node_id]
+        for graph in (self.ephemeral_prompt, self.original_prompt):
+            if node_id in graph:
+                return graph[node_id]
         raise NodeNotFoundError(f"Node {node_id} not found")
 
     def has_node(self, node_id) -> bool:
-        return node_id in self.original_prompt or node_id in self.ephemeral_prompt
+        return node_id in self.ephemeral_prompt or node_id in self.original_prompt
 
     def add_ephemeral_node(self, node_id, node_info, parent_id, display_id):
         self.ephemeral_prompt[node_id] = node_info
         self.ephemeral_parents[node_id] = parent_id
         self.ephemeral_display[node_id] = display_id
 
-    def get_real_node_id(self, node_id):
-        while node_id in self.ephemeral_parents:
-            node_id = self.ephemeral_parents[node_id]
+    def _follow(self, links: dict, node_id):
+        while node_id in links:
+            node_id = links[node_id]
         return node_id
+
+    def get_real_node_id(self, node_id):
+        """The top-level node an ephemeral node descends from (itself for top-level nodes)."""
+        return self._follow(self.ephemeral_parents, node_id)
 
     def get_parent_node_id(self, node_id):
         return self.ephemeral_parents.get(node_id)
 
     def get_display_node_id(self, node_id):
-        while node_id in self.ephemeral_display:
-            node_id = self.ephemeral_display[node_id]
-        return node_id
+        return self._follow(self.ephemeral_display, node_id)
 
     def all_node_ids(self) -> set:
         return set(self.original_prompt) | set(self.ephemeral_prompt)
@@ -71,13 +76,14 @@ class DynamicPrompt:
 
 def get_input_info(class_def, input_name, valid_inputs=None):
     """(type, category, options) of a declared input, or (None, None, None)."""
-    valid_inputs = valid_inputs or class_def.INPUT_TYPES()
+    declared = valid_inputs or class_def.INPUT_TYPES()
     for category in ("required", "optional", "hidden"):
-        if input_name in valid_inputs.get(category, {}):
-            info = valid_inputs[category][input_name]
-            if isinstance(info, str):  # V1 hidden inputs are plain strings
-                return info, category, {}
-            return info[0], category, (info[1] if len(info) > 1 else {})
+        spec = declared.get(category, {}).get(input_name)
+        if spec is None:
+            continue
+        if isinstance(spec, str):  # V1 hidden inputs are plain strings: "PROMPT", "UNIQUE_ID"...
+            return spec, category, {}
+        return spec[0], category, (spec[1] if len(spec) > 1 else {})
     return None, None, None
 
 
@@ -97,20 +103,53 @@ class ExecutionList:
     def __init__(self, dynprompt: DynamicPrompt, output_cache):
         self.dynprompt = dynprompt
         self.output_cache = output_cache
-        self.pending: dict = {}       # insertion-ordered set of nodes still to run
-        self.block_count: dict = {}   # how many nodes each node still waits for
-        self.blocking: dict = {}      # node -> {node it blocks: {socket: True}}
-        self.external_blocks = 0
-        self.unblocked = asyncio.Event()
+        self.todo: dict = {}         # nodes still to run, in the order they were added
+        self.waits_for: dict = {}    # node -> sources it still waits for
+        self.feeds: dict = {}        # source -> consumers waiting for it
+        self.holds: dict = {}        # node -> async calls still working on it
+        self.released = asyncio.Event()
         self.staged_node_id = None
-        self.execution_cache: dict = {}
-        self.execution_cache_listeners: dict = {}
+        self.inbox: dict = {}        # consumer -> {source: cache entry or None (not computed yet)}
+        self.subscribers: dict = {}  # source -> consumers whose inbox wants its result
 
-    # -- building the dependency graph --------------------------------------------
+    # -- what has to run ---------------------------------------------------------------
     def is_cached(self, node_id) -> bool:
         return self.output_cache.get(node_id) is not None
 
+    def add_node(self, node_id, include_lazy=False, subgraph_nodes=None):
+        """Schedule a node and, transitively, the uncached sources of its non-lazy inputs."""
+        found, links = [node_id], []
+        while found:
+            current = found.pop()
+            if current in self.todo:
+                continue
+            self.todo[current] = True
+            self.waits_for[current] = set()
+            self.feeds[current] = set()
+            class_def = class_of(self.dynprompt, current)
+            declared = class_def.INPUT_TYPES()
+            for name, value in self.dynprompt.get_node(current)["inputs"].items():
+                if not is_link(value) or (subgraph_nodes is not None and value[0] not in subgraph_nodes):
+                    continue
+                options = get_input_info(class_def, name, declared)[2]
+                if not include_lazy and options and options.get("lazy"):
+                    continue  # asked for later through check_lazy_status
+                if not self.is_cached(value[0]):
+                    found.append(value[0])
+                links.append((value[0], value[1], current))
+        for source, socket, consumer in links:
+            self.add_strong_link(source, socket, consumer)
+
+    def add_strong_link(self, from_node_id, from_socket, to_node_id):
+        """`to_node_id` needs `from_node_id`'s result: wait for it unless it is cached."""
+        if not self.is_cached(from_node_id):
+            self.add_node(from_node_id)
+            self.waits_for[to_node_id].add(from_node_id)
+            self.feeds[from_node_id].add(to_node_id)
+        self.cache_link(from_node_id, to_node_id)
+
     def make_input_strong_link(self, to_node_id, to_input):
+        """A lazy input was asked for: its source becomes a dependency."""
         inputs = self.dynprompt.get_node(to_node_id)["inputs"]
         if to_input not in inputs:
             raise NodeInputError(f"Node {to_node_id} says it needs input {to_input}, but there is no input to that node at all")
@@ -119,144 +158,113 @@ class ExecutionList:
             raise NodeInputError(f"Node {to_node_id} says it needs input {to_input}, but that value is a constant")
         self.add_strong_link(value[0], value[1], to_node_id)
 
-    def add_strong_link(self, from_node_id, from_socket, to_node_id):
-        if not self.is_cached(from_node_id):
-            self.add_node(from_node_id)
-            if to_node_id not in self.blocking[from_node_id]:
-                self.blocking[from_node_id][to_node_id] = {}
-                self.block_count[to_node_id] += 1
-            self.blocking[from_node_id][to_node_id][from_socket] = True
-        self.cache_link(from_node_id, to_node_id)
-
-    def add_node(self, node_id, include_lazy=False, subgraph_nodes=None):
-        stack, links = [node_id], []
-        while stack:
-            unique_id = stack.pop()
-            if unique_id in self.pending:
-                continue
-            self.pending[unique_id] = True
-            self.block_count[unique_id] = 0
-            self.blocking[unique_id] = {}
-            class_def = class_of(self.dynprompt, unique_id)
-            for input_name, value in self.dynprompt.get_node(unique_id)["inputs"].items():
-                if not is_link(value):
-                    continue
-                from_id, from_socket = value
-                if subgraph_nodes is not None and from_id not in subgraph_nodes:
-                    continue
-                _, _, info = get_input_info(class_def, input_name)
-                lazy = bool(info and info.get("lazy"))
-                if include_lazy or not lazy:
-                    if not self.is_cached(from_id):
-                        stack.append(from_id)
-                    links.append((from_id, from_socket, unique_id))
-        for link in links:
-            self.add_strong_link(*link)
-
     def add_external_block(self, node_id):
-        """Hold a node back until the returned callback runs (async node still working)."""
-        assert node_id in self.block_count
-        self.external_blocks += 1
-        self.block_count[node_id] += 1
+        """Hold a scheduled node back; the returned callable releases it (async node done)."""
+        if node_id not in self.todo:
+            raise NodeInputError(f"Node {node_id} is not scheduled")
+        self.holds[node_id] = self.holds.get(node_id, 0) + 1
 
-        def unblock():
-            self.external_blocks -= 1
-            self.block_count[node_id] -= 1
-            self.unblocked.set()
-        return unblock
+        def release():
+            self.holds[node_id] -= 1
+            if not self.holds[node_id]:
+                del self.holds[node_id]
+            self.released.set()
+        return release
 
-    # -- the per-prompt output cache the links read from ---------------------------
+    # -- handing results to consumers ----------------------------------------------------
     def cache_link(self, from_node_id, to_node_id):
-        self.execution_cache.setdefault(to_node_id, {})[from_node_id] = self.output_cache.get(from_node_id)
-        self.execution_cache_listeners.setdefault(from_node_id, set()).add(to_node_id)
+        self.inbox.setdefault(to_node_id, {})[from_node_id] = self.output_cache.get(from_node_id)
+        self.subscribers.setdefault(from_node_id, set()).add(to_node_id)
 
     def get_cache(self, from_node_id, to_node_id):
-        value = self.execution_cache.get(to_node_id, {}).get(from_node_id)
-        if value is None:
-            return None
-        self.output_cache.set(from_node_id, value)  # touching writes back to the main cache
-        return value
+        entry = self.inbox.get(to_node_id, {}).get(from_node_id)
+        if entry is not None:
+            self.output_cache.set(from_node_id, entry)  # reading counts as a use (LRU)
+        return entry
 
     def cache_update(self, node_id, value):
-        for to_node_id in self.execution_cache_listeners.get(node_id, ()):
-            if to_node_id in self.execution_cache:
-                self.execution_cache[to_node_id][node_id] = value
+        for consumer in self.subscribers.get(node_id, ()):
+            if consumer in self.inbox:
+                self.inbox[consumer][node_id] = value
 
-    # -- scheduling -------------------------------------------------------------------
+    # -- taking nodes in order ---------------------------------------------------------------
     def is_empty(self) -> bool:
-        return not self.pending
+        return not self.todo
 
     def ready_nodes(self) -> list:
-        return [n for n in self.pending if self.block_count[n] == 0]
+        return [n for n in self.todo if not self.waits_for[n] and n not in self.holds]
 
     async def stage_node_execution(self):
-        """(node_id, None, None) to run next, or (None, error_details, exception) on a cycle."""
+        """(node_id, None, None) to run next; (None, error details, exception) on a cycle;
+        (None, None, None) when nothing is left."""
         assert self.staged_node_id is None
-        if self.is_empty():
+        if not self.todo:
             return None, None, None
-        available = self.ready_nodes()
-        while not available and self.external_blocks > 0:
-            await self.unblocked.wait()
-            self.unblocked.clear()
-            available = self.ready_nodes()
-        if not available:
-            cycle = self.nodes_in_cycle()
-            blamed = cycle[0]
-            for node_id in cycle:  # static cycles fail validation; blame a generated node
-                display = self.dynprompt.get_display_node_id(node_id)
-                if display != node_id:
-                    blamed = display
-                    break
+        ready = self.ready_nodes()
+        while not ready and self.holds:  # only async calls left: wait for one to finish
+            await self.released.wait()
+            self.released.clear()
+            ready = self.ready_nodes()
+        if not ready:
             ex = DependencyCycleError("Dependency cycle detected")
-            return None, {"node_id": blamed, "exception_message": str(ex),
+            return None, {"node_id": self._blame_for_cycle(), "exception_message": str(ex),
                           "exception_type": "graph.DependencyCycleError", "traceback": [],
                           "current_inputs": []}, ex
-        self.staged_node_id = self.pick(available)
+        self.staged_node_id = self.pick(ready)
         return self.staged_node_id, None, None
 
-    def pick(self, available: list):
-        """Outputs and async nodes first, then what feeds an output, then two links away."""
+    def pick(self, ready: list):
+        """An output or async node first (results show early, async work starts early), then a
+        node feeding an output directly, then one two links away, else the oldest."""
         def output(node_id):
             return is_output_node(class_of(self.dynprompt, node_id))
 
-        for node_id in available:
-            class_def = class_of(self.dynprompt, node_id)
-            if is_output_node(class_def) or is_async_node(class_def):
-                return node_id
-        for node_id in available:
-            if any(output(b) for b in self.blocking[node_id]):
-                return node_id
-        for node_id in available:
-            for b in self.blocking[node_id]:
-                if any(output(b2) for b2 in self.blocking[b]):
+        def distance_to_output(node_id, hops):
+            if hops == 0:
+                return output(node_id)
+            return any(distance_to_output(c, hops - 1) for c in self.feeds.get(node_id, ()))
+
+        first_tier = [n for n in ready if output(n) or is_async_node(class_of(self.dynprompt, n))]
+        if first_tier:
+            return first_tier[0]
+        for hops in (1, 2):
+            for node_id in ready:
+                if distance_to_output(node_id, hops):
                     return node_id
-        return available[0]
+        return ready[0]
 
     def unstage_node_execution(self):
         assert self.staged_node_id is not None
         self.staged_node_id = None
 
     def complete_node_execution(self):
-        node_id = self.staged_node_id
-        del self.pending[node_id]
-        for blocked in self.blocking[node_id]:
-            self.block_count[blocked] -= 1
-        del self.blocking[node_id]
-        self.execution_cache.pop(node_id, None)
-        self.execution_cache_listeners.pop(node_id, None)
+        done = self.staged_node_id
+        del self.todo[done]
+        del self.waits_for[done]
+        for consumer in self.feeds.pop(done):
+            if consumer in self.waits_for:
+                self.waits_for[consumer].discard(done)
+        self.inbox.pop(done, None)
+        self.subscribers.pop(done, None)
         self.staged_node_id = None
 
     def nodes_in_cycle(self) -> list:
-        blocked_by = {n: {} for n in self.pending}
-        for src, targets in self.blocking.items():
-            for dst, sockets in targets.items():
-                if True in sockets.values():
-                    blocked_by[dst][src] = True
-        free = [n for n, deps in blocked_by.items() if not deps]
-        while free:
+        """Peel off nodes whose sources are all gone; what stays is stuck on a cycle."""
+        stuck = {n: set(self.waits_for[n]) for n in self.todo}
+        while True:
+            free = [n for n, deps in stuck.items() if not deps]
+            if not free:
+                return list(stuck)
             for n in free:
-                for deps in blocked_by.values():
-                    deps.pop(n, None)
-                del blocked_by[n]
-            free = [n for n, deps in blocked_by.items() if not deps]
-        return list(blocked_by)
+                del stuck[n]
+            for deps in stuck.values():
+                deps.difference_update(free)
+
+    def _blame_for_cycle(self):
+        # static cycles fail validation, so prefer a node generated by an expansion (shown as its parent)
+        stuck = self.nodes_in_cycle()
+        for node_id in stuck:
+            display = self.dynprompt.get_display_node_id(node_id)
+            if display != node_id:
+                return display
+        return stuck[0]

@@ -7,9 +7,8 @@ from nodes.protocol import ExecutionBlocker  # noqa: F401  (part of this module'
 
 
 def is_link(obj) -> bool:
-    """A link is ["<node id>", <output index>] (index int or float)."""
-    return (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str)
-            and isinstance(obj[1], (int, float)) and not isinstance(obj[1], bool))
+    """A link is ["<node id>", <output index>] (index int or float; a bool counts, being an int)."""
+    return isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], (int, float))
 
 
 class Node:

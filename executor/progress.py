@@ -27,6 +27,9 @@ def encode_preview(preview) -> tuple[str, bytes]:
 
 
 class ProgressReporter:
+    """Per-node progress of one prompt. Every change sends the cumulative `progress_state` of
+    all nodes started so far (to the client, or to everyone when the prompt has none)."""
+
     def __init__(self, sink, prompt_id, dynprompt, client_id):
         self.sink = sink
         self.prompt_id = prompt_id
@@ -47,32 +50,41 @@ class ProgressReporter:
                  for nid, s in self.nodes.items()}
         self.sink.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes}, self.client_id)
 
+    def _entry(self, node_id) -> dict:
+        return self.nodes.setdefault(node_id, {"value": 0, "max": 1, "state": "running"})
+
     def start(self, node_id):
         with self.lock:
-            self.nodes[node_id] = {"value": 0.0, "max": 1.0, "state": "running"}
+            self._entry(node_id).update(value=0.0, max=1.0, state="running")
             self.current_node_id = node_id
             self._send_state()
 
     def finish(self, node_id):
         with self.lock:
-            state = self.nodes.setdefault(node_id, {"value": 0.0, "max": 1.0, "state": "running"})
+            state = self._entry(node_id)
             state.update(state="finished", value=state["max"])
             self._send_state()
 
     def update(self, value, total, preview=None, node_id=None, send_progress=True):
-        """The models.progress hook: called by ProgressBar from inside a node."""
+        """The models.progress hook, called by ProgressBar from inside a node (any thread).
+
+        Order on the wire: progress_state, a preview with metadata (clients that negotiated
+        it), `progress`, then the legacy preview frame (the other clients)."""
         if node_id is None:
             ctx = current_node.get()
             node_id = ctx[1] if ctx is not None else self.current_node_id
         with self.lock:
-            state = self.nodes.setdefault(node_id, {"value": 0.0, "max": 1.0, "state": "running"})
-            state.update(value=float(min(value, total)) if total else float(value), max=float(total))
+            self._entry(node_id).update(value=value, max=total, state="running")
             self._send_state()
+            frame = None
             if preview is not None:
                 fmt, data = encode_preview(preview)
                 meta = {"node_id": node_id, "prompt_id": self.prompt_id, **self._ids(node_id),
                         "image_type": "image/png" if fmt == "PNG" else "image/jpeg"}
-                self.sink.send(PREVIEW, (fmt, data, meta), self.client_id)
+                frame = (fmt, data, meta)
+                self.sink.send(PREVIEW, (*frame, "metadata"), self.client_id)
             if send_progress:
                 self.sink.send("progress", {"value": value, "max": total, "prompt_id": self.prompt_id,
                                             "node": node_id}, self.client_id)
+            if frame is not None:
+                self.sink.send(PREVIEW, (*frame, "legacy"), self.client_id)

@@ -86,10 +86,13 @@ def load_custom_nodes(app: web.Application, args) -> web.RouteTableDef:
 
 
 def cache_mode(args) -> tuple[str, int]:
-    if args.cache_none:
-        return "none", 0
+    """ComfyUI's precedence: --cache-lru N (N > 0), then --cache-ram, then --cache-none."""
     if args.cache_lru and args.cache_lru > 0:
         return "lru", args.cache_lru
+    if args.cache_ram and args.cache_ram > 0:
+        return "ram", 0
+    if args.cache_none:
+        return "none", 0
     return "classic", 0
 
 
@@ -112,7 +115,7 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     store = open_store(os.path.join(folders.state().user, "__comfyd"), args.port)
     queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
-    executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru)
+    executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru, ram_headroom=args.cache_ram or 0.0)
     worker = Worker(queue, executor, hub)
     app[QUEUE], app[EXECUTOR], app[WORKER] = queue, executor, worker
     hub.queue_remaining = queue.get_tasks_remaining

@@ -21,8 +21,9 @@ PREVIEW_IMAGE = 1
 UNENCODED_PREVIEW_IMAGE = 2
 TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
-# Pseudo event the executor sends for a preview: data = (image_format "JPEG"|"PNG", image bytes, metadata dict).
-# The hub picks frame type 1 or 4 per recipient, depending on its negotiated flags.
+# Pseudo event the executor sends for a preview: data = (image_format "JPEG"|"PNG", image bytes, metadata dict
+# [, "metadata"|"legacy"]). The hub picks frame type 1 or 4 per recipient, depending on its negotiated flags
+# (a broadcast always gets type 1); with the 4th element only recipients of that kind get this frame.
 PREVIEW = "__preview__"
 
 _IMAGE_FORMAT_CODES = {"JPEG": 1, "PNG": 2}
@@ -84,7 +85,9 @@ class WebSocketHub:
                 continue
             try:
                 if event == PREVIEW:
-                    await ws.send_bytes(self._preview_frame(target, *data))
+                    frame = self._preview_frame(target if sid is not None else None, *data)
+                    if frame is not None:
+                        await ws.send_bytes(frame)
                 elif isinstance(event, int):
                     await ws.send_bytes(encode_binary(event, data))
                 else:
@@ -92,8 +95,11 @@ class WebSocketHub:
             except (ConnectionResetError, RuntimeError) as e:
                 log.debug("dropping message to %s: %s", target, e)
 
-    def _preview_frame(self, sid, image_format, image_bytes, metadata) -> bytes:
-        if self.client_flags.get(sid, {}).get("supports_preview_metadata") is True:
+    def _preview_frame(self, sid, image_format, image_bytes, metadata, only_for=None) -> bytes | None:
+        with_metadata = sid is not None and self.client_flags.get(sid, {}).get("supports_preview_metadata") is True
+        if only_for is not None and only_for != ("metadata" if with_metadata else "legacy"):
+            return None
+        if with_metadata:
             meta = json.dumps(metadata).encode()
             return encode_binary(PREVIEW_IMAGE_WITH_METADATA, struct.pack(">I", len(meta)) + meta + image_bytes)
         return encode_binary(PREVIEW_IMAGE, struct.pack(">I", _IMAGE_FORMAT_CODES[image_format]) + image_bytes)
