@@ -17,7 +17,6 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from models import folders
 from server.app_keys import ARGS
-from server.routes._common import bad_request
 
 routes = web.RouteTableDef()
 

@@ -11,9 +11,8 @@ from urllib import parse
 
 from aiohttp import web
 
-from models import folders
 from server.app_keys import ARGS
-from server.routes._common import BadRequest, bad_request, read_json
+from server.routes._common import bad_request, read_json
 from server.users import UnknownUser, UserManager
 
 routes = web.RouteTableDef()
