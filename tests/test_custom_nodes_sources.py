@@ -16,6 +16,7 @@ from wsclient import run_prompt
 MIRRORS = os.environ.get("COMFYD_MIRRORS", "/work/.mirror")
 COMFYMATH = os.path.join(MIRRORS, "evanspearman+ComfyMath", "repo")
 COMFYUI = os.path.join(MIRRORS, "pollockjj+ComfyUI", "repo")
+CUSTOM_SCRIPTS = os.path.join(MIRRORS, "pythongosssss+ComfyUI-Custom-Scripts", "repo")
 
 # A pack with nodes to show results: INT and any-type values as UI text.
 SHOW_PACK = textwrap.dedent('''
@@ -160,6 +161,31 @@ async def test_real_pack_comfymath(aiohttp_client, make_args, base_dir):
     bad["1"]["inputs"]["op"] = "Launch"
     body = await (await c.post("/prompt", data=json.dumps({"prompt": bad}))).json()
     assert body["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"
+
+
+@pytest.mark.skipif(not os.path.isdir(CUSTOM_SCRIPTS), reason="no local mirror of ComfyUI-Custom-Scripts")
+async def test_real_pack_custom_scripts(aiohttp_client, make_args, base_dir):
+    """pysssss' ComfyUI-Custom-Scripts (MIT; routes, a web folder, list outputs, core node
+    subclasses) loads unchanged and its text nodes run."""
+    from nodes.registry import NODE_CLASS_MAPPINGS
+    missing = [n for n in ("LoraLoader", "CheckpointLoaderSimple") if n not in NODE_CLASS_MAPPINGS]
+    if missing:
+        pytest.skip(f"the pack subclasses core nodes comfyd lacks: {missing}")
+    export_tree(CUSTOM_SCRIPTS, None, base_dir / "custom_nodes" / "ComfyUI-Custom-Scripts")
+    from server.app import create_app
+    c = await aiohttp_client(create_app(make_args()))
+    from server.routes.extensions import LOADED_PACKS
+    pack = LOADED_PACKS["ComfyUI-Custom-Scripts"]
+    assert "ShowText|pysssss" in pack["nodes"] and "StringFunction|pysssss" in pack["nodes"]
+    scripts = [u for u in await (await c.get("/extensions")).json() if "/ComfyUI-Custom-Scripts/" in u]
+    assert scripts and (await c.get(scripts[0])).status == 200
+    assert (await c.get("/pysssss/workflows")).status == 200
+    g = {"1": {"class_type": "StringFunction|pysssss",
+               "inputs": {"action": "append", "tidy_tags": "yes", "text_a": "a cat ", "text_b": "  a hat"}},
+         "2": {"class_type": "ShowText|pysssss", "inputs": {"text": ["1", 0]}}}
+    _, events, hist = await run_prompt(c, g)
+    assert hist["status"]["status_str"] == "success", events
+    assert hist["outputs"]["2"] == {"text": ["a cat, a hat"]}
 
 
 @pytest.mark.skipif(not os.path.isdir(COMFYUI), reason="no local mirror of ComfyUI")
