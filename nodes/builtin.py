@@ -29,6 +29,10 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.model_advanced", "comfy_extras.nodes_model_advanced"),
     ("nodes.vae", "nodes"),
     ("nodes.model_loaders", "nodes"),
+    ("nodes.checkpoint_loaders", "nodes"),
+    ("nodes.text_encode", "nodes"),
+    ("nodes.text_encode_sdxl", "comfy_extras.nodes_clip_sdxl"),
+    ("nodes.lora", "nodes"),
 ]
 
 
