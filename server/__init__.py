@@ -3,7 +3,7 @@ that name resolves lazily to the compatibility object (server/prompt_server.py).
 
 
 def __getattr__(name):
-    if name == "PromptServer":
-        from server.prompt_server import PromptServer
-        return PromptServer
+    if name in ("PromptServer", "BinaryEventTypes"):
+        from server import prompt_server
+        return getattr(prompt_server, name)
     raise AttributeError(name)

@@ -21,6 +21,20 @@ def _current_loop():
                 return None
 
 
+class BinaryEventTypes:
+    """Binary WebSocket frame types (API.md §10.6), as packs name them."""
+    PREVIEW_IMAGE = 1
+    UNENCODED_PREVIEW_IMAGE = 2
+    TEXT = 3
+    PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+def _encode_preview(preview) -> tuple[str, bytes]:
+    from executor.progress import encode_preview
+    fmt, image, max_size = preview
+    return encode_preview(("PNG" if fmt == "PNG" else "JPEG", image, max_size))
+
+
 class _UserManagerView:
     """ComfyUI's UserManager methods packs call, over comfyd's server/users.py."""
 
@@ -91,7 +105,20 @@ class PromptServer:
         return self.worker.executor.current_node if self.worker is not None else None
 
     def send_sync(self, event, data, sid=None):
-        self.hub.send(event, data, sid)
+        """JSON events, binary frames (int event + bytes), and ComfyUI's two image forms:
+        UNENCODED_PREVIEW_IMAGE with ("JPEG"|"PNG", PIL image, max size) and
+        PREVIEW_IMAGE_WITH_METADATA with (that tuple, metadata dict)."""
+        from server import ws
+        if event == BinaryEventTypes.UNENCODED_PREVIEW_IMAGE:
+            fmt, image_bytes = _encode_preview(data)
+            code = 2 if fmt == "PNG" else 1  # the image format word of a type-1 frame
+            self.hub.send(ws.PREVIEW_IMAGE, code.to_bytes(4, "big") + image_bytes, sid)
+        elif event == BinaryEventTypes.PREVIEW_IMAGE_WITH_METADATA:
+            preview, metadata = data
+            fmt, image_bytes = _encode_preview(preview)
+            self.hub.send(ws.PREVIEW, (fmt, image_bytes, metadata), sid)
+        else:
+            self.hub.send(event, data, sid)
 
     def send_progress_text(self, text, node_id, sid=None):
         """Binary TEXT frame (type 3): u32 length of the node id, the id, then the text (UTF-8)."""
@@ -100,7 +127,7 @@ class PromptServer:
         self.hub.send(3, len(node).to_bytes(4, "big") + node + text, sid)
 
     async def send(self, event, data, sid=None):
-        self.hub.send(event, data, sid)
+        self.send_sync(event, data, sid)
 
     async def send_json(self, event, data, sid=None):
         self.hub.send(event, data, sid)

@@ -296,3 +296,40 @@ async def test_pack_queues_prompts_through_prompt_server(aiohttp_client, make_ar
     assert info["seen"] == ["abc"] and info["user_file"] == str(base_dir / "user" / "default" / "qpack" / "x.json")
     assert "custom_nodes_from_web" in info["supports"]
     assert info["web_root"] is None or info["web_root"].endswith("static")
+
+
+PREVIEW_PACK = textwrap.dedent('''
+    from PIL import Image
+    from server import BinaryEventTypes, PromptServer
+
+    class SendPreview:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"size": ("INT", {"default": 8})}}
+        RETURN_TYPES = ()
+        OUTPUT_NODE = True
+        FUNCTION = "go"
+        def go(self, size):
+            server = PromptServer.instance
+            image = Image.new("RGB", (size, size), (255, 0, 0))
+            server.send_sync(BinaryEventTypes.UNENCODED_PREVIEW_IMAGE, ["PNG", image, None], server.client_id)
+            server.send_sync(BinaryEventTypes.TEXT, b"raw", server.client_id)
+            return {}
+
+    NODE_CLASS_MAPPINGS = {"SendPreview": SendPreview}
+''')
+
+
+async def test_pack_sends_binary_frames(aiohttp_client, make_args, base_dir):
+    (base_dir / "custom_nodes").mkdir()
+    (base_dir / "custom_nodes" / "previewpack.py").write_text(PREVIEW_PACK)
+    from server.app import create_app
+    c = await aiohttp_client(create_app(make_args()))
+    _, events, hist = await run_prompt(c, {"1": {"class_type": "SendPreview", "inputs": {"size": 8}}})
+    frames = [d for t, d in events if t == "binary"]
+    assert hist["status"]["status_str"] == "success"
+    image_frame = next(f for f in frames if f[:4] == (1).to_bytes(4, "big"))
+    assert image_frame[4:8] == (2).to_bytes(4, "big") and image_frame[8:12] == b"\x89PNG"
+    from PIL import Image
+    assert Image.open(io.BytesIO(image_frame[8:])).size == (8, 8)
+    assert (3).to_bytes(4, "big") + b"raw" in frames
