@@ -180,7 +180,56 @@ class Changing:
         return (value,)
 
 
+class Counter:
+    """Stateful: counts its own calls on the instance (node instances are cached per id)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",)}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def IS_CHANGED(cls, value):
+        return float("nan")
+
+    def run(self, value):
+        self.calls = getattr(self, "calls", 0) + 1
+        return (self.calls,)
+
+
+class Inspect:
+    """Shows what the executor passed: hidden inputs, undeclared linked inputs, raw links."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",)},
+                "optional": {"raw": ("INT", {"rawLink": True})},
+                "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"}}
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    def run(self, value, prompt, unique_id, extra_pnginfo, raw=None, **rest):
+        return {"ui": {"value": [value], "unique_id": [unique_id], "prompt_nodes": [sorted(prompt)],
+                       "extra_pnginfo": [extra_pnginfo], "raw": [raw], "rest": [sorted(rest.items())]}}
+
+
+class LoopForever:
+    """Expands into a generated node that feeds itself: a cycle created at run time."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",)}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, value):
+        g = GraphBuilder()
+        a = g.node("Add", id="a", b=1)
+        a.set_input("a", a.out(0))
+        return {"result": (a.out(0),), "expand": g.finalize()}
+
+
 MAPPINGS = {f"T_{c.__name__}": c for c in (IntConst, Add, ShowInt, Fail, Slow, LazyPick, Expand, Block, ListOut,
-                                           SumList, AsyncDouble, Checked, Changing)}
+                                           SumList, AsyncDouble, Checked, Changing, Counter, Inspect,
+                                           LoopForever)}
 # Expand's GraphBuilder uses the plain names; register both.
 MAPPINGS.update({"IntConst": IntConst, "Add": Add})
