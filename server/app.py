@@ -106,6 +106,8 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     preview.configure(args.preview_method, args.preview_size)
     from nodes import settings as node_settings
     node_settings.configure(args.disable_metadata, args.default_hashing_function)
+    from models.state_dict import set_mmap
+    set_mmap(not args.disable_mmap)  # --disable-mmap: tensors copied out of the file mapping
 
     def broadcast_status():
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
