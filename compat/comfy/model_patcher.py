@@ -1,0 +1,2 @@
+"""`comfy.model_patcher`: packs clone and patch MODEL values (ModelPatcher)."""
+from models.model_patcher import ModelPatcher  # noqa: F401
