@@ -18,12 +18,21 @@ from executor.runner import PromptExecutor
 log = logging.getLogger(__name__)
 
 
+def release_memory() -> None:
+    """What "unload models" can do while models live in cached node results: collect garbage and
+    hand cached CUDA blocks back (the results themselves go with the executor's caches)."""
+    gc.collect()
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Worker:
     def __init__(self, queue: PromptQueue, executor: PromptExecutor, sink, free_models=None):
         self.queue = queue
         self.executor = executor
         self.sink = sink
-        self.free_models = free_models or (lambda: None)
+        self.free_models = free_models or release_memory
         self.running_prompt_id: str | None = None
         self.running_client_id: str | None = None
         self._stop = threading.Event()
