@@ -220,17 +220,26 @@ class ComfyNode(ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Only overridden hooks become V1 hooks (ComfyUI checks for a real override too).
-        if "validate_inputs" in cls.__dict__:
-            cls.VALIDATE_INPUTS = cls.__dict__["validate_inputs"].__get__(None, cls)
-        if "fingerprint_inputs" in cls.__dict__:
-            cls.IS_CHANGED = cls.__dict__["fingerprint_inputs"].__get__(None, cls)
-        if "check_lazy_status" in cls.__dict__:
-            original = cls.__dict__["check_lazy_status"].__get__(None, cls)
-
-            def check_lazy_status(*args, _original=original, _cls=cls, **kw):
+        # Only hooks a node class (or a parent below ComfyNode) overrides become V1 hooks, as
+        # ComfyUI checks for a real override; they are bound to each subclass anew.
+        def own(name):
+            """The classmethod descriptor of `name` defined below ComfyNode, or None."""
+            for klass in cls.__mro__:
+                if klass is ComfyNode:
+                    return None
+                if name in klass.__dict__:
+                    attr = klass.__dict__[name]
+                    return getattr(getattr(attr, "__func__", None), "_v3_raw", attr)  # unwrap a parent's wrapper
+            return None
+        if (validate := own("validate_inputs")) is not None:
+            cls.VALIDATE_INPUTS = validate.__get__(None, cls)
+        if (fingerprint := own("fingerprint_inputs")) is not None:
+            cls.IS_CHANGED = fingerprint.__get__(None, cls)
+        if (raw := own("check_lazy_status")) is not None:
+            def check_lazy_status(*args, _original=raw.__get__(None, cls), _cls=cls, **kw):
                 hidden_names = {h.name for h in _cls._schema().hidden}
                 return _original(**{k: v for k, v in kw.items() if k not in hidden_names})
+            check_lazy_status._v3_raw = raw
             cls.check_lazy_status = staticmethod(check_lazy_status)
 
 

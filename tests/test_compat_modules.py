@@ -249,3 +249,42 @@ def test_comfy_extras_modules_from_the_registry():
         import comfy_extras.nodes_not_a_module  # noqa: F401
     with pytest.raises(ImportError):
         from comfy_extras.nodes_mask import NotANode  # noqa: F401
+
+
+def test_v3_hooks_inherited_from_a_parent_bind_to_the_subclass():
+    """A V3 node that inherits validate_inputs / check_lazy_status from a parent node class
+    gets them as V1 hooks bound to itself (custom packs subclass each other's nodes)."""
+    from comfy_api.latest import io
+
+    class Parent(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id=cls.__name__, inputs=[io.Int.Input("a", lazy=True)], outputs=[io.Int.Output()])
+
+        @classmethod
+        def execute(cls, a):
+            return io.NodeOutput(a)
+
+        @classmethod
+        def validate_inputs(cls, a):
+            return cls.__name__
+
+        @classmethod
+        def check_lazy_status(cls, a=None):
+            return [cls.__name__]
+
+    class Child(Parent):
+        pass
+
+    class Override(Child):
+        @classmethod
+        def check_lazy_status(cls, a=None):
+            return ["override:" + cls.__name__]
+
+    class GrandChild(Override):
+        pass
+
+    assert Child.VALIDATE_INPUTS(a=1) == "Child" and GrandChild.VALIDATE_INPUTS(a=1) == "GrandChild"
+    assert Child.check_lazy_status(a=1) == ["Child"]
+    assert GrandChild.check_lazy_status(a=1) == ["override:GrandChild"]
+    assert not hasattr(io.ComfyNode, "VALIDATE_INPUTS") and not hasattr(io.ComfyNode, "IS_CHANGED")
