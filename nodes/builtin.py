@@ -33,6 +33,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.text_encode", "nodes"),
     ("nodes.text_encode_sdxl", "comfy_extras.nodes_clip_sdxl"),
     ("nodes.lora", "nodes"),
+    ("nodes.inpaint", "nodes"),
 ]
 
 
