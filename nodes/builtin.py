@@ -33,6 +33,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.text_encode", "nodes"),
     ("nodes.text_encode_sdxl", "comfy_extras.nodes_clip_sdxl"),
     ("nodes.lora", "nodes"),
+    ("nodes.latent_ops", "comfy_extras.nodes_latent"),
     ("nodes.inpaint", "nodes"),
 ]
 
