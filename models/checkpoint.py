@@ -156,8 +156,6 @@ def build_diffusion_model(src, detection: Detection | None = None, device="cpu",
                           compute_dtype=torch.float32, weight_dtype=None) -> DiffusionModel:
     src = as_source(src)
     detection = detection or detect_checkpoint(src)
-    if detection.family == "sd21_unclip":
-        raise UnknownArchitectureError("SD2.1 unCLIP checkpoints are detected but not supported yet")
     if detection.variant == "instructpix2pix":
         raise UnknownArchitectureError(f"{detection.title} InstructPix2Pix checkpoints are detected but not supported yet")
     unet = build_unet(src, detection, device, weight_dtype or compute_dtype)

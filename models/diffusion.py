@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from models import unclip
 from models.resize import common_upscale
 from models.sampling.conds import Cond, CondCrossAttn, CondNoiseShape, repeat_to_batch_size
 from models.sampling.model_sampling import DiscreteSchedule
@@ -58,6 +59,10 @@ class DiffusionModel(torch.nn.Module):
     # -- inputs built from a conditioning entry --------------------------------------------
     def encode_adm(self, **kw):
         pooled = kw.get("pooled_output")
+        if self.kind == "sd21_unclip":
+            return unclip.sd21_unclip_adm(self, kw)
+        if "unclip_conditioning" in kw and self.kind in ("sdxl", "sdxl_refiner"):  # revision
+            pooled = unclip.revision_pooled(self, kw)
         if self.kind == "sdxl":
             return sdxl_adm(pooled, kw.get("width", 768), kw.get("height", 768), kw.get("crop_w", 0),
                             kw.get("crop_h", 0), kw.get("target_width"), kw.get("target_height"))
