@@ -36,6 +36,10 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.latent_ops", "comfy_extras.nodes_latent"),
     ("nodes.clip_vision", "nodes"),
     ("nodes.inpaint", "nodes"),
+    ("nodes.upscale", "comfy_extras.nodes_upscale_model"),
+    ("nodes.canny", "comfy_extras.nodes_canny"),
+    ("nodes.morphology", "comfy_extras.nodes_morphology"),
+    ("nodes.preprocessors", "custom_nodes.comfyui_controlnet_aux"),  # the aux pack's nodes, built in
 ]
 
 
