@@ -59,7 +59,7 @@ def test_full_size_clip_vision_g_loads_and_runs():
         first = tower.vision_model.encoder.layers[0](x)
     sd = {k: v for k, v in model.get_sd().items()
           if not k.startswith("vision_model.encoder.layers.") or k.split(".")[3] in ("0", "1")}
-    ref_last, ref_first, _ = reference_tower(sd, pixels)  # with two layers, "penultimate" is layer 0
+    _, ref_first, _ = reference_tower(sd, pixels)  # with two layers, "penultimate" is layer 0
     assert rel(first, ref_first) < 1e-5
 
     # revision: 1280-wide embeddings fit SDXL's augmentor

@@ -136,3 +136,15 @@ def test_sd21_unclip_checkpoint_adm_input():
     x = torch.randn(1, 4, 8, 8)
     out = model.apply_model(x, torch.tensor([5.0]), c_crossattn=torch.randn(1, 77, 64), y=y)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_entry_noise_comes_from_the_cpu_generator():
+    aug = EmbeddingNoiseAugmentor(16)
+    e = torch.randn(1, 16)
+    cpu = unclip_adm([entry(e, 0.5, 0.2)], "cpu", aug, seed=33)
+    gpu = unclip_adm([entry(e, 0.5, 0.2)], "cuda", aug, seed=33)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+    merged = unclip_adm([entry(e), entry(e)], "cuda", aug, seed=33)  # merge draws on the device
+    assert merged.device.type == "cuda" and torch.isfinite(merged).all()
