@@ -104,7 +104,8 @@ def load_hed(path: str) -> ControlNetHED:
 @torch.inference_mode()
 def hed_edges(model: ControlNetHED, image: np.ndarray, device=None) -> np.ndarray:
     """uint8 HWC RGB -> float64 HW edge probability in 0..1."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     height, width = image.shape[:2]
     model.to(device)
     x = torch.from_numpy(np.ascontiguousarray(image)).float().to(device).permute(2, 0, 1)[None]

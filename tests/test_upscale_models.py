@@ -257,3 +257,13 @@ def test_torchvision_stand_in_does_not_outlive_spandrel_import():
     x = torch.rand(2, 3, 4, 5)
     want = (x - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor([0.5, 0.2, 0.1]).view(3, 1, 1)
     assert torch.allclose(upscale._tv_normalize(x, [0.5, 0.4, 0.3], [0.5, 0.2, 0.1]), want)
+
+
+async def test_packs_reach_the_nodes_through_comfy_extras(upscale_files, client):
+    # Ultimate SD Upscale and others: from comfy_extras.nodes_upscale_model import ImageUpscaleWithModel
+    from comfy_extras.nodes_upscale_model import ImageUpscaleWithModel, UpscaleModelLoader
+    model = UpscaleModelLoader().load_model("compact_x2.pth")[0]
+    img = _image(6, 5)
+    out = ImageUpscaleWithModel().upscale(upscale_model=model, image=img)[0]
+    ref = compact_reference(compact_sd(), img.movedim(-1, 1)).clamp(0, 1).movedim(1, -1)
+    assert torch.allclose(out, ref, atol=1e-5)
