@@ -41,6 +41,14 @@ def family_of(encoder_names) -> str:
     raise ValueError(f"no CLIP model combines the text encoders {sorted(names)}")
 
 
+def _encoder_target(key: str):
+    """ComfyUI's CLIP patch keys: "clip_l.transformer.text_model..." (also without "transformer.")."""
+    name, _, rest = key.partition(".")
+    if not rest:
+        return None
+    return (name, rest[len("transformer."):] if rest.startswith("transformer.") else rest)
+
+
 class CLIP:
     def __init__(self, family: str, models: dict, embedding_lookup: EmbeddingLookup | None = None,
                  output_device="cpu"):
@@ -55,7 +63,7 @@ class CLIP:
         self.output_device = output_device
         self.layer_idx: int | None = None
         self.tokenizer_options: dict = {}
-        self.weight_patches: list = []  # [(patches dict, strength)]
+        self.weight_patches: list = []  # [(patches dict, strength_patch, strength_model)]
         self.weights = WeightPatcher({e.name: e.model for e in self.encoders.values()})
 
     # -- the comfy.sd.CLIP interface ---------------------------------------------------------
@@ -81,10 +89,25 @@ class CLIP:
         return self.tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
 
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
-        """patches: {(encoder name, HF key): Adapter}; returns the targets this CLIP has."""
-        mine = {t: a for t, a in patches.items() if isinstance(t, tuple) and t[0] in self.weights.components}
-        self.weight_patches.append((mine, strength_patch))
-        return list(mine)
+        """patches: {(encoder name, HF key) | "clip_l.transformer.<HF key>": Adapter or a ComfyUI
+        patch value}; returns the keys (as given) this CLIP has."""
+        from models.merge import normalise_patches
+        found = normalise_patches(patches, self.weights, _encoder_target)
+        self.weight_patches.append(({t: a for t, a in found.values()}, strength_patch, strength_model))
+        return list(found)
+
+    def get_key_patches(self) -> dict:
+        """{"<encoder>.transformer.<HF key>": weight with this CLIP's patches} (CLIP merging)."""
+        from models.merge import key_patches
+        out = {}
+        for name in self.weights.components:
+            out.update(key_patches(self.weights, self.weight_patches, name, name + ".transformer."))
+        return out
+
+    def patched_state_dicts(self) -> dict:
+        """state_dicts() with this CLIP's weight patches applied (for saving)."""
+        self.weights.apply(self.weight_patches)
+        return self.state_dicts()
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict: bool = False):
         self.weights.apply(self.weight_patches)

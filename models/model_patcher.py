@@ -44,6 +44,10 @@ class _PatchedView:
         return getattr(model, name)
 
 
+def _unet_target(key: str):
+    return ("unet", key[len("diffusion_model."):] if key.startswith("diffusion_model.") else key)
+
+
 class ModelPatcher:
     def __init__(self, model, load_device=None, offload_device=None, weight_patcher: WeightPatcher | None = None):
         self.model = model
@@ -51,7 +55,7 @@ class ModelPatcher:
         self.offload_device = torch.device("cpu") if offload_device is None else offload_device
         self.model_options: dict = {"transformer_options": {}}
         self.object_patches: dict = {}
-        self.weight_patches: list = []  # [(patches dict, strength)]
+        self.weight_patches: list = []  # [(patches dict, strength_patch, strength_model)]
         # One weight patcher per shared model, so every clone restores the same originals.
         self.weights = weight_patcher or WeightPatcher({"unet": model.diffusion_model})
 
@@ -112,14 +116,20 @@ class ModelPatcher:
 
     # -- weights (LoRA) ------------------------------------------------------------------
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
-        """patches: {(component, key) or "unet key": Adapter}. Returns the keys that matched."""
-        unet_patches = {}
-        for target, adapter in patches.items():
-            target = target if isinstance(target, tuple) else ("unet", target)
-            if target[0] == "unet":
-                unet_patches[target] = adapter
-        self.weight_patches.append((unet_patches, strength_patch))
-        return list(unet_patches)
+        """patches: {("unet", key) | "diffusion_model.<key>" | "<key>": Adapter or a ComfyUI patch
+        value}; per weight, w * strength_model + the adapter at strength_patch. Returns the keys
+        (as given) that name a UNet weight."""
+        from models.merge import normalise_patches
+        found = normalise_patches(patches, self.weights, _unet_target)
+        self.weight_patches.append(({t: a for t, a in found.values()}, strength_patch, strength_model))
+        return list(found)
+
+    def get_key_patches(self, filter_prefix: str | None = None) -> dict:
+        """{"diffusion_model.<key>": this model's weight with its patches} for merging into
+        another model's add_patches (read when that model is patched, nothing copied now)."""
+        from models.merge import key_patches
+        kp = key_patches(self.weights, self.weight_patches, "unet", "diffusion_model.")
+        return {k: v for k, v in kp.items() if filter_prefix is None or k.startswith(filter_prefix)}
 
     def model_state_dict(self, filter_prefix=None) -> dict:
         sd = self.model.diffusion_model.state_dict()

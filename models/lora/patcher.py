@@ -3,8 +3,12 @@
 A WeightPatcher holds the modules of one loaded model by component ("unet", "clip_l",
 ...). `apply(patch_list)` brings the weights to exactly the requested set of patches:
 weights patched before but not requested now are restored from the backup, so switching
-LoRAs (or removing them) never reloads the checkpoint. Patch math runs in fp32 and is cast
-back to the weight's dtype.
+LoRAs (or removing them) never reloads the checkpoint. Patch math runs in fp32 across all
+patches of a weight and is cast back to the weight's dtype once (ComfyUI's calculate_weight).
+
+A patch list entry is (patches, strength_patch[, strength_model]): per weight, ComfyUI's order is
+`w = w * strength_model`, then `w = adapter(w, strength_patch)` — how model merging expresses
+`ratio * w1 + (1 - ratio) * w2` with an adapter that reads another model's weight.
 """
 from __future__ import annotations
 
@@ -37,33 +41,51 @@ class WeightPatcher:
         except AttributeError:
             return None
 
+    def original(self, target: tuple) -> torch.Tensor | None:
+        """The unpatched weight of a target (its backup while patched), without copying."""
+        saved = self.backup.get(target)
+        return saved if saved is not None else self._param(target)
+
+    def keys(self, component: str) -> set:
+        """State-dict keys of one component (cached: they never change for a loaded model)."""
+        cache = self.__dict__.setdefault("_keys", {})
+        if component not in cache:
+            module = self.components.get(component)
+            cache[component] = set(module.state_dict().keys()) if module is not None else set()
+        return cache[component]
+
+    @staticmethod
+    def entries(patch_list) -> list[tuple[dict, float, float]]:
+        """(patches, strength_patch, strength_model) for entries of two or three items."""
+        return [(e[0], float(e[1]), float(e[2]) if len(e) > 2 else 1.0) for e in patch_list]
+
     @staticmethod
     def signature(patch_list) -> tuple:
-        return tuple((id(patches), float(strength)) for patches, strength in patch_list)
+        return tuple((id(p), s, m) for p, s, m in WeightPatcher.entries(patch_list))
 
     @torch.no_grad()
-    def apply(self, patch_list: list[tuple[dict[tuple, Adapter], float]]) -> None:
-        """patch_list: [(patches from one LoRA, strength), ...] in application order."""
+    def apply(self, patch_list: list[tuple]) -> None:
+        """patch_list: [(patches from one LoRA or merge, strength_patch[, strength_model]), ...]
+        in application order."""
         sig = self.signature(patch_list)
         if sig == self.applied_signature:
             return
         self.restore()
         by_target: dict[tuple, list] = {}
-        for patches, strength in patch_list:
-            if strength == 0:
+        for patches, strength, strength_model in self.entries(patch_list):
+            if strength == 0 and strength_model == 1:
                 continue
             for target, adapter in patches.items():
-                by_target.setdefault(target, []).append((adapter, strength))
+                by_target.setdefault(target, []).append((adapter, strength, strength_model))
         for target, adapters in by_target.items():
             param = self._param(target)
             if param is None:
                 continue
             self.backup[target] = param.detach().clone()
-            weight = param.detach()
-            for adapter, strength in adapters:
-                weight = adapter.apply(weight, strength)
-            param.copy_(weight)
+            param.copy_(patched_weight(param.detach(), adapters))
         self.applied_signature = sig
+        # The patch dicts stay referenced while applied, so their ids in the signature stay unique.
+        self._applied_refs = [e[0] for e in patch_list]
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -71,3 +93,16 @@ class WeightPatcher:
             self._param(target).copy_(original)
         self.backup.clear()
         self.applied_signature = ()
+
+
+def patched_weight(weight: torch.Tensor, adapters, keep_fp32: bool = False) -> torch.Tensor:
+    """`weight` with [(adapter, strength_patch, strength_model), ...] applied in fp32 (one
+    rounding to weight's dtype at the end unless keep_fp32). A zero strength_patch still scales
+    by strength_model, as in ComfyUI."""
+    w = weight.to(torch.float32, copy=True)
+    for adapter, strength, strength_model in adapters:
+        if strength_model != 1.0:
+            w = w * strength_model
+        if strength != 0.0 or adapter.kind == "set":
+            w = adapter.apply(w, strength)
+    return w if keep_fp32 else w.to(weight.dtype)
