@@ -288,3 +288,22 @@ def test_v3_hooks_inherited_from_a_parent_bind_to_the_subclass():
     assert Child.check_lazy_status(a=1) == ["Child"]
     assert GrandChild.check_lazy_status(a=1) == ["override:GrandChild"]
     assert not hasattr(io.ComfyNode, "VALIDATE_INPUTS") and not hasattr(io.ComfyNode, "IS_CHANGED")
+
+
+def test_comfy_clip_vision_loads_a_tower_for_packs(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    import comfy.clip_vision
+    from tiny_checkpoints import LAYOUT_DIR
+    if not os.path.isdir(LAYOUT_DIR):
+        pytest.skip("oracle layouts not available")
+    import tiny_clip_vision
+    path = str(tmp_path / "vit.safetensors")
+    save_file(tiny_clip_vision.tiny_vision("vit_l", seed=1), path)
+    model = comfy.clip_vision.load(path)
+    out = model.encode_image(torch.rand(1, 40, 50, 3))
+    assert out["image_embeds"].shape == out.image_embeds.shape and out.image_embeds.shape[0] == 1
+    assert torch.equal(comfy.clip_vision.load_clipvision_from_sd(
+        comfy.clip_vision.load_clip_vision(path).get_sd()).encode_image(torch.zeros(1, 8, 8, 3)).image_embeds,
+        model.encode_image(torch.zeros(1, 8, 8, 3)).image_embeds)
