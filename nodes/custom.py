@@ -133,7 +133,10 @@ def pack_paths(folders_list: list[str]) -> list[str]:
 def load_all(folders_list: list[str], whitelist: set[str] | None = None, disabled: bool = False) -> dict[str, dict]:
     """Load every pack (only whitelisted ones when disabled). {pack name: record}."""
     loaded = {}
-    builtin = frozenset(NODE_CLASS_MAPPINGS)  # packs may not replace built-in nodes
+    # Packs may not replace built-in nodes, except comfyd's stand-ins for third-party packs'
+    # nodes (reported as custom_nodes.<pack>): the real pack, when installed, wins for those.
+    builtin = frozenset(name for name, cls in NODE_CLASS_MAPPINGS.items()
+                        if not str(getattr(cls, "RELATIVE_PYTHON_MODULE", None) or "").startswith("custom_nodes."))
     for path in pack_paths(folders_list):
         name = _module_name(path)
         if disabled and name not in (whitelist or set()):

@@ -155,3 +155,36 @@ async def test_disable_all_custom_nodes(aiohttp_client, make_args, base_dir):
     from server.app import create_app
     c = await aiohttp_client(create_app(make_args("--disable-all-custom-nodes")))
     assert await (await c.get("/object_info/SoloTriple")).json() == {}
+
+
+async def test_real_pack_replaces_builtin_stand_ins_but_not_core_nodes(aiohttp_client, make_args, base_dir):
+    """comfyd ships comfyui_controlnet_aux's HED/Scribble nodes; a user who installs the real
+    pack gets the pack's classes for those names, while core nodes stay comfyd's."""
+    pack = base_dir / "custom_nodes" / "comfyui_controlnet_aux"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text('''
+class RealHED:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "from_real_pack": ("BOOLEAN", {"default": True})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    def run(self, image, from_real_pack):
+        return (image,)
+
+NODE_CLASS_MAPPINGS = {"HEDPreprocessor": RealHED, "KSampler": RealHED}
+''')
+    from nodes import registry
+    if "HEDPreprocessor" not in registry.NODE_CLASS_MAPPINGS:
+        pytest.skip("built-in HEDPreprocessor not registered")
+    from server.app import create_app
+    c = await aiohttp_client(create_app(make_args()))
+    info = await (await c.get("/object_info")).json()
+    assert "from_real_pack" in info["HEDPreprocessor"]["input"]["required"]
+    assert "from_real_pack" not in info["KSampler"]["input"]["required"]
+    # the next app without the pack has comfyd's own node again
+    import shutil
+    shutil.rmtree(pack)
+    c2 = await aiohttp_client(create_app(make_args()))
+    info = await (await c2.get("/object_info/HEDPreprocessor")).json()
+    assert "from_real_pack" not in info["HEDPreprocessor"]["input"].get("required", {})
