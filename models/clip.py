@@ -110,6 +110,8 @@ class CLIP:
         return self.state_dicts()
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict: bool = False):
+        from models import memory
+        memory.load_models([self], force_full=True)  # the encoders onto their device, whole (as ComfyUI)
         self.weights.apply(self.weight_patches)
         unprojected = return_pooled == "unprojected"
         outputs = {}

@@ -44,7 +44,9 @@ class LayerNorm(nn.LayerNorm):
 
 class Embedding(nn.Embedding):
     def forward(self, ids, out_dtype=None):
-        w = self.weight if out_dtype is None else self.weight.to(out_dtype)
+        w = self.weight
+        if w.device != ids.device or (out_dtype is not None and w.dtype != out_dtype):  # streamed (lowvram) or cast
+            w = w.to(device=ids.device, dtype=out_dtype or w.dtype)
         return F.embedding(ids, w)
 
 

@@ -13,14 +13,17 @@ clamp((x+1)/2, 0, 1) as [B,H,W,3]; encode returns the posterior mode (the mean).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ops
+from models import devices, memory, ops
 from models.state_dict import as_source
+
+log = logging.getLogger(__name__)
 
 
 def Normalize(channels):
@@ -226,7 +229,8 @@ class VAE:
 
     def __init__(self, model: AutoencoderKL, device="cpu", dtype=torch.float32, batch_pixels: int = 1 << 22):
         self.first_stage_model = model.eval()
-        self.device = torch.device(device)
+        self.device = torch.device(device)  # where it runs; the weights rest on offload_device between uses
+        self.offload_device = torch.device("cpu")
         self.vae_dtype = dtype
         self.output_device = torch.device("cpu")
         self.batch_pixels = batch_pixels  # pixels per chunk of a batch (memory bound)
@@ -248,8 +252,29 @@ class VAE:
         return self.upscale_ratio
 
     def _per_chunk(self, h, w) -> int:
-        """Images per forward for latents of h x w (bounded by `batch_pixels`)."""
+        """Images per forward for latents of h x w: as many as the device's free memory holds
+        (ComfyUI's estimate per image), on the CPU bounded by `batch_pixels`."""
+        dev = devices.resolve(self.device)
+        if dev.managed:
+            return max(1, int(dev.free_memory() // max(1, self.memory_used_decode(h, w))))
         return max(1, self.batch_pixels // max(1, h * w * 64))
+
+    def memory_used_decode(self, h, w) -> float:
+        """Working memory to decode one h x w latent (ComfyUI's figure for KL VAEs)."""
+        return 2178 * h * w * 64 * devices.dtype_size(self.vae_dtype)
+
+    def memory_used_encode(self, h, w) -> float:
+        """Working memory to encode one h x w image."""
+        return 1767 * h * w * devices.dtype_size(self.vae_dtype)
+
+    def _finite_or_upcast(self, out, run, x):
+        """fp16 VAEs overflow on some latents: redo this chunk (and keep working) in bf16 or
+        fp32, which the per-layer casts of models/ops.py allow without touching the weights."""
+        if self.vae_dtype != torch.float16 or torch.isfinite(out).all():
+            return out
+        self.vae_dtype = devices.vae_upcast_dtype(devices.resolve(self.device))
+        log.warning("VAE produced NaN/inf in fp16: upcasting the VAE to %s", self.vae_dtype)
+        return run(x.to(self.vae_dtype))
 
     def crop_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Centre-crop H and W down to multiples of 8 and keep the colour channels."""
@@ -263,29 +288,54 @@ class VAE:
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """LATENT samples [B,4,h,w] (raw VAE space) -> IMAGE [B,8h,8w,3]."""
+        """LATENT samples [B,4,h,w] (raw VAE space) -> IMAGE [B,8h,8w,3]. Out of memory ->
+        decoded again in tiles, as ComfyUI does."""
         if not hasattr(self.first_stage_model, "decoder"):
             raise ValueError("this VAE has no decoder")
         if latent.ndim == 5:
             latent = latent[:, :, 0]
+        try:
+            return self._decode(latent)
+        except torch.OutOfMemoryError:
+            pass  # the tiles run once the exception and the tensors its frames hold are gone
+        log.warning("Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding.")
+        memory.soft_empty_cache()
+        return self.decode_tiled(latent)
+
+    def _decode(self, latent):
+        memory.load_models([self], self.memory_used_decode(*latent.shape[2:]))
         out = []
         step = self._per_chunk(*latent.shape[2:])
+        run = self.first_stage_model.decode
         for i in range(0, latent.shape[0], step):
             z = latent[i:i + step].to(self.device, self.vae_dtype)
-            out.append(self.process_output(self.first_stage_model.decode(z).to(self.output_device).float()))
+            x = self._finite_or_upcast(run(z), run, z)
+            out.append(self.process_output(x.to(self.output_device).float()))
         return torch.cat(out).movedim(1, -1)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """IMAGE [B,H,W,C] in 0..1 -> LATENT samples [B,4,H/8,W/8] (posterior mode, raw VAE space)."""
+        """IMAGE [B,H,W,C] in 0..1 -> LATENT samples [B,4,H/8,W/8] (posterior mode, raw VAE
+        space). Out of memory -> encoded again in tiles."""
         if not hasattr(self.first_stage_model, "encoder"):
             raise ValueError("this VAE file has no encoder, it can only decode")
+        try:
+            return self._encode(pixels)
+        except torch.OutOfMemoryError:
+            pass
+        log.warning("Ran out of memory when regular VAE encoding, retrying with tiled VAE encoding.")
+        memory.soft_empty_cache()
+        return self.encode_tiled(pixels)
+
+    def _encode(self, pixels):
         pixels = self.crop_pixels(pixels).movedim(-1, 1)
+        memory.load_models([self], self.memory_used_encode(*pixels.shape[2:]))
         out = []
         step = self._per_chunk(pixels.shape[2] // 8, pixels.shape[3] // 8)
+        run = self.first_stage_model.encode
         for i in range(0, pixels.shape[0], step):
             x = self.process_input(pixels[i:i + step]).to(self.device, self.vae_dtype)
-            out.append(self.first_stage_model.encode(x).to(self.output_device).float())
+            out.append(self._finite_or_upcast(run(x), run, x).to(self.output_device).float())
         return torch.cat(out)
 
 
@@ -298,6 +348,7 @@ class VAE:
         if latent.ndim == 5:
             latent = latent[:, :, 0]
         h, w = latent.shape[2:]
+        memory.load_models([self], self.memory_used_decode(tile_y, tile_x) * 2)
         shapes = [(tile_x // 2, tile_y * 2), (tile_x * 2, tile_y // 2), (tile_x, tile_y)]
         pbar = ProgressBar(sum(latent.shape[0] * tile_count(w, h, tx, ty, overlap) for tx, ty in shapes))
 
@@ -316,6 +367,7 @@ class VAE:
             raise ValueError("this VAE file has no encoder, it can only decode")
         pixels = self.crop_pixels(pixels).movedim(-1, 1)
         h, w = pixels.shape[2:]
+        memory.load_models([self], self.memory_used_encode(tile_y, tile_x) * 2)
         shapes = [(tile_x, tile_y), (tile_x * 2, tile_y // 2), (tile_x // 2, tile_y * 2)]
         pbar = ProgressBar(sum(pixels.shape[0] * tile_count(w, h, tx, ty, overlap) for tx, ty in shapes))
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from models import folders
+from models import devices, folders, placement
 from models.checkpoint import load_checkpoint
 from models.clip import build_clip
-from models.model_patcher import ModelPatcher
 from models.state_dict import open_state_dict
 from nodes.text_encode import embedding_library
 
-# Half-precision weights are kept as stored: every layer computes in fp32 (models/ops.py), so the
-# numbers equal those of fp32 weights at half the memory. Anything else is held in fp32.
+# On the CPU half-precision weights are kept as stored: every layer computes in fp32 (models/ops.py),
+# so the numbers equal those of fp32 weights at half the memory. On a GPU the UNet is held in its
+# compute dtype (models/devices.py). Anything else is held in fp32.
 LOSSLESS_STORAGE = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -32,14 +32,21 @@ def stored_weight_dtype(path: str, prefix: str = "model.diffusion_model.") -> to
 def load_checkpoint_parts(path: str, output_clip: bool = True, output_vae: bool = True):
     """(MODEL, CLIP or None, VAE or None) of a checkpoint file, as ComfyUI's
     load_checkpoint_guess_config returns them."""
-    loaded = load_checkpoint(path, weight_dtype=stored_weight_dtype(path), output_vae=output_vae,
-                             output_clip=output_clip, text_dtype=torch.float16)
+    stored = stored_weight_dtype(path)
+    weight, compute = devices.precision("unet", stored)
+    text_weight, _ = devices.precision("text_encoder", stored)
+    # straight from the file onto the GPU when it fits (no second copy in RAM)
+    loaded = load_checkpoint(path, device=placement.file_device(path, weight), compute_dtype=compute,
+                             weight_dtype=weight, output_vae=output_vae, output_clip=output_clip,
+                             text_dtype=text_weight)
     clip = None
     if output_clip:
         if loaded.text_encoders:
-            clip = build_clip(loaded.text_encoders, embedding_library())
+            clip = placement.place_clip(build_clip(loaded.text_encoders, embedding_library(),
+                                                   weight_dtype=text_weight))
         # else: ComfyUI also returns None here; CLIPTextEncode then explains the missing encoder
-    return ModelPatcher(loaded.model), clip, loaded.vae
+    vae = placement.place_vae(loaded.vae, stored) if loaded.vae is not None else None
+    return placement.place_unet(loaded.model), clip, vae
 
 
 class CheckpointLoaderSimple:

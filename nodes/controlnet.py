@@ -4,7 +4,7 @@ conditionings. The attached objects are copies; chaining on a conditioning that 
 a control makes the new one add to it (models/controlnet.py)."""
 from __future__ import annotations
 
-from models import folders
+from models import folders, placement
 from models.controlnet_load import load_controlnet
 from models.state_dict import ModelFileError
 
@@ -12,7 +12,7 @@ from models.state_dict import ModelFileError
 def _load(control_net_name: str, model=None):
     path = folders.get_full_path_or_raise("controlnet", control_net_name)
     try:
-        return load_controlnet(path, model=model)
+        return placement.place_controlnet(load_controlnet(path, model=model))
     except ModelFileError as e:
         raise RuntimeError(f"ERROR: controlnet file is invalid and does not contain a valid controlnet model: {e}") from e
 

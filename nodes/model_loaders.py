@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from models import folders
+from models import devices, folders, placement
 from models.checkpoint import load_diffusion_model
-from models.model_patcher import ModelPatcher
 
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
                  "fp8_e5m2": torch.float8_e5m2}
@@ -27,9 +26,14 @@ class UNETLoader:
 
     def load_unet(self, unet_name, weight_dtype):
         path = folders.get_full_path_or_raise("diffusion_models", unet_name)
-        # fp8 weights stay fp8 in memory and are upcast layer by layer for the fp32 compute
-        model = load_diffusion_model(path, weight_dtype=WEIGHT_DTYPES[weight_dtype])
-        return (ModelPatcher(model),)
+        # fp8 weights stay fp8 in memory and are upcast layer by layer for the compute dtype
+        from nodes.checkpoint_loaders import stored_weight_dtype
+        stored = stored_weight_dtype(path, prefix="")
+        weight, compute = devices.precision("unet", stored)
+        weight = WEIGHT_DTYPES[weight_dtype] or weight
+        model = load_diffusion_model(path, device=placement.file_device(path, weight), compute_dtype=compute,
+                                     weight_dtype=weight)
+        return (placement.place_unet(model),)
 
 
 NODE_CLASS_MAPPINGS = {"UNETLoader": UNETLoader}

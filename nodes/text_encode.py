@@ -5,7 +5,7 @@ The CLIP object (models/clip.py) does the work; these nodes only pick its inputs
 ComfyUI 0.8.0's nodes do."""
 from __future__ import annotations
 
-from models import folders
+from models import devices, folders, placement
 from models.clip import clip_from_text_encoder_files
 from models.embeddings import EmbeddingLibrary
 
@@ -69,7 +69,8 @@ def _load_text_encoders(names: list[str], clip_type: str):
         raise ValueError(f"text encoder type {clip_type!r} is not supported by comfyd; supported: "
                          + ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()))
     paths = [folders.get_full_path_or_raise("text_encoders", n) for n in names]
-    clip = clip_from_text_encoder_files(paths, embedding_library())
+    clip = placement.place_clip(clip_from_text_encoder_files(paths, embedding_library(),
+                                                             weight_dtype=devices.text_encoder_dtype()))
     expected = "sdxl" if clip_type == "sdxl" else ("sd1", "sd2")
     if clip.family not in expected:
         raise ValueError(f"the files {names} make a {clip.family} text encoder, not {SUPPORTED[clip_type]}")

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models import folders
+from models import folders, placement
 from models.checkpoint import load_vae
 from models.vae import PixelSpaceVAE
 
@@ -38,7 +38,10 @@ class VAELoader:
             return (PixelSpaceVAE(),)
         if vae_name in TAE_NAMES:
             raise ValueError(f"{vae_name} (tiny autoencoder) can be used for previews but not yet as a VAE")
-        return (load_vae(folders.get_full_path_or_raise("vae", vae_name)),)
+        path = folders.get_full_path_or_raise("vae", vae_name)
+        from nodes.checkpoint_loaders import stored_weight_dtype
+        stored = stored_weight_dtype(path, prefix="")
+        return (placement.place_vae(load_vae(path, dtype=stored), stored),)
 
 
 class VAEDecode:

@@ -13,6 +13,8 @@ from server import cli
 
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse_args(argv)
+    from models.devices import select_visible_devices
+    select_visible_devices(args)  # --cuda-device: CUDA_VISIBLE_DEVICES before CUDA initialises
     from server import logs
     logs.capture_std_streams()
     logging.basicConfig(level=getattr(logging, args.verbose),

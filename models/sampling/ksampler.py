@@ -9,15 +9,19 @@ shape): `patcher.model` is the inner diffusion model with `model_sampling`
 """
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 
 import torch
 
+from models import memory
 from models.sampling import schedulers
 from models.sampling.conds import reshape_mask
 from models.sampling.guidance import sampling_function
 from models.sampling.samplers import get_sampler
+
+log = logging.getLogger(__name__)
 
 
 def convert_cond(conditioning) -> list[dict]:
@@ -204,6 +208,10 @@ class CFGGuider:
         """`sampler`: a KSamplerObject or a sampler name."""
         if sigmas.shape[-1] == 0:
             return latent_image
+        # the UNet and the ControlNets onto the compute device, with room for a CFG batch
+        models_used = [self.patcher] + _controls(self.original_conds)
+        need = _memory_required(self.patcher, noise.shape)
+        memory.load_models(models_used, need)
         if hasattr(self.patcher, "prepare_for_sampling"):
             self.patcher.prepare_for_sampling(self.original_conds)
         model = self.inner_model = (self.patcher.sampling_model() if hasattr(self.patcher, "sampling_model")
@@ -214,8 +222,26 @@ class CFGGuider:
             denoise_mask = reshape_mask(denoise_mask, noise.shape).to(device)
         if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted
             latent_image = model.latent_format.process_in(latent_image)
+        run = (model, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed)
+        try:
+            return self._sample_once(*run)
+        except torch.OutOfMemoryError:
+            pass  # retried below, once the exception (and the tensors its frames hold) is gone
+        log.warning("out of memory while sampling: freeing the other models and retrying once")
+        memory.manager().free_others(models_used)
+        memory.soft_empty_cache()
+        memory.load_models(models_used, need * 2)  # less of the model resident, more room to work
+        try:
+            return self._sample_once(*run)
+        except torch.OutOfMemoryError as e:
+            shape = "x".join(str(d) for d in noise.shape)
+            raise torch.OutOfMemoryError(
+                f"out of memory while sampling a {shape} latent, also after unloading every other model: "
+                f"use a smaller batch or image size, or start the server with --lowvram or --novram ({e})") from None
+
+    def _sample_once(self, model, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         self.conds = {k: [dict(c) for c in v] for k, v in self.original_conds.items()}
-        self.conds = process_conds(model, noise, self.conds, device, latent_image, denoise_mask, seed)
+        self.conds = process_conds(model, noise, self.conds, noise.device, latent_image, denoise_mask, seed)
         options = dict(self.model_options)
         options["transformer_options"] = {**options.get("transformer_options", {}), "sample_sigmas": sigmas}
         try:
@@ -253,6 +279,27 @@ class _InpaintDenoiser:
         if denoise_mask is not None:
             out = out * denoise_mask + self.latent_image * keep
         return out
+
+
+def _controls(conds: dict) -> list:
+    """Every ControlNet / T2I-Adapter in the conditionings, chains included."""
+    out, seen = [], set()
+    for entries in conds.values():
+        for c in entries:
+            control = c.get("control")
+            while control is not None and id(control) not in seen:
+                seen.add(id(control))
+                out.append(control)
+                control = getattr(control, "previous_controlnet", None)
+    return out
+
+
+def _memory_required(patcher, shape) -> float:
+    """Working memory of one UNet call on the cond+uncond batch."""
+    model = getattr(patcher, "model", None)
+    if not hasattr(model, "memory_required"):
+        return 0
+    return model.memory_required([shape[0] * 2] + list(shape[1:]))
 
 
 def max_denoise(ms, sigmas) -> bool:

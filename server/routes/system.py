@@ -15,7 +15,7 @@ import torch
 from aiohttp import web
 from PIL import Image
 
-from models import folders
+from models import devices, folders
 from server.app_keys import ARGS, HUB
 
 routes = web.RouteTableDef()
@@ -36,10 +36,12 @@ def installed_version(package: str) -> str | None:
 
 
 def device_stats(use_cpu: bool) -> dict:
-    """The torch device entry of /system_stats (API.md §6): CUDA figures from the driver and
-    the caching allocator, else system RAM for the CPU."""
-    if not use_cpu and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
+    """The torch device entry of /system_stats (API.md §6) for the device models run on
+    (models/devices.py): CUDA figures from the driver and the caching allocator, else system
+    RAM for the CPU. Driver queries only: no synchronisation with a running prompt."""
+    compute = devices.compute_device()
+    if not use_cpu and compute.kind == "cuda" and torch.cuda.is_available():
+        dev = compute.torch_device
         free, total = torch.cuda.mem_get_info(dev)
         stats = torch.cuda.memory_stats(dev)
         reserved = stats.get("reserved_bytes.all.current", 0)
