@@ -26,6 +26,21 @@ def _clone_options(options: dict) -> dict:
     return out
 
 
+def set_model_options_patch_replace(model_options: dict, patch, name: str, block_name: str, number: int,
+                                    transformer_index=None) -> dict:
+    """Put an attention replacement into model_options (copying the nested dicts it changes,
+    so other holders of the same options are unaffected); returns model_options."""
+    to = dict(model_options.get("transformer_options", {}))
+    replace = dict(to.get("patches_replace", {}))
+    table = dict(replace.get(name, {}))
+    block = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+    table[block] = patch
+    replace[name] = table
+    to["patches_replace"] = replace
+    model_options["transformer_options"] = to
+    return model_options
+
+
 class _PatchedView:
     """The model as one patcher sees it: attribute overrides on top of the shared model."""
 
@@ -113,6 +128,31 @@ class ModelPatcher:
 
     def set_model_attn2_patch(self, patch):
         self.set_model_patch(patch, "attn2_patch")
+
+    def set_model_attn1_output_patch(self, patch):
+        self.set_model_patch(patch, "attn1_output_patch")
+
+    def set_model_attn2_output_patch(self, patch):
+        self.set_model_patch(patch, "attn2_output_patch")
+
+    def set_model_input_block_patch(self, patch):
+        self.set_model_patch(patch, "input_block_patch")
+
+    def set_model_input_block_patch_after_skip(self, patch):
+        self.set_model_patch(patch, "input_block_patch_after_skip")
+
+    def set_model_output_block_patch(self, patch):
+        self.set_model_patch(patch, "output_block_patch")
+
+    def set_model_patch_replace(self, patch, name: str, block_name: str, number: int, transformer_index=None):
+        """Replace attention `name` ("attn1"/"attn2") in block (block_name, number[, transformer_index])."""
+        set_model_options_patch_replace(self.model_options, patch, name, block_name, number, transformer_index)
+
+    def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, "attn1", block_name, number, transformer_index)
+
+    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
 
     # -- weights (LoRA) ------------------------------------------------------------------
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:

@@ -33,6 +33,8 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.text_encode", "nodes"),
     ("nodes.text_encode_sdxl", "comfy_extras.nodes_clip_sdxl"),
     ("nodes.lora", "nodes"),
+    ("nodes.unet_patches", "comfy_extras.nodes_freelunch"),  # classes name their own modules
+    ("nodes.guidance_patches", "comfy_extras.nodes_sag"),  # classes name their own modules
     ("nodes.model_merging", "comfy_extras.nodes_model_merging"),
     ("nodes.latent_ops", "comfy_extras.nodes_latent"),
     ("nodes.clip_vision", "nodes"),

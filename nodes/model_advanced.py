@@ -1,9 +1,11 @@
-"""Model patch nodes of ComfyUI's nodes_model_advanced: ModelSamplingDiscrete and RescaleCFG."""
+"""Model patch nodes of ComfyUI's nodes_model_advanced: ModelSamplingDiscrete,
+ModelSamplingContinuousEDM / ModelSamplingContinuousV and RescaleCFG."""
 from __future__ import annotations
 
 import torch
 
-from models.sampling.model_sampling import DiscreteSchedule
+from models.latent_formats import SDXLPlayground25
+from models.sampling.model_sampling import ContinuousEDMSchedule, ContinuousVSchedule, DiscreteSchedule
 
 
 class ModelSamplingDiscrete:
@@ -23,6 +25,52 @@ class ModelSamplingDiscrete:
         schedule = DiscreteSchedule(prediction=sampling, zsnr=zsnr,
                                     distilled_steps=50 if sampling == "lcm" else None)
         m.add_object_patch("model_sampling", schedule)
+        return (m,)
+
+
+def _sigma_input(default: float):
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1000.0, "step": 0.001, "round": False})
+
+
+class ModelSamplingContinuousEDM:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",),
+                             "sampling": (["v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow"],),
+                             "sigma_max": _sigma_input(120.0),
+                             "sigma_min": _sigma_input(0.002)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "advanced/model"
+
+    def patch(self, model, sampling, sigma_max, sigma_min):
+        if sampling == "cosmos_rflow":
+            raise ValueError("cosmos_rflow sampling is for Cosmos models, which comfyd does not run")
+        m = model.clone()
+        prediction = "edm" if sampling.startswith("edm") else sampling
+        sigma_data = 0.5 if prediction == "edm" else 1.0
+        m.add_object_patch("model_sampling", ContinuousEDMSchedule(prediction, sigma_min, sigma_max, sigma_data))
+        if sampling == "edm_playground_v2.5":
+            m.add_object_patch("latent_format", SDXLPlayground25())
+        return (m,)
+
+
+class ModelSamplingContinuousV:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",),
+                             "sampling": (["v_prediction"],),
+                             "sigma_max": _sigma_input(500.0),
+                             "sigma_min": _sigma_input(0.03)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "advanced/model"
+
+    def patch(self, model, sampling, sigma_max, sigma_min):
+        m = model.clone()
+        m.add_object_patch("model_sampling", ContinuousVSchedule(sampling, sigma_min, sigma_max, 1.0))
         return (m,)
 
 
@@ -57,4 +105,6 @@ class RescaleCFG:
         return (m,)
 
 
-NODE_CLASS_MAPPINGS = {"ModelSamplingDiscrete": ModelSamplingDiscrete, "RescaleCFG": RescaleCFG}
+NODE_CLASS_MAPPINGS = {"ModelSamplingDiscrete": ModelSamplingDiscrete, "RescaleCFG": RescaleCFG,
+                       "ModelSamplingContinuousEDM": ModelSamplingContinuousEDM,
+                       "ModelSamplingContinuousV": ModelSamplingContinuousV}

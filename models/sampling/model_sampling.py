@@ -148,3 +148,56 @@ def _expand(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
     if sigma.nelement() == 1:
         return sigma.view(())
     return sigma.view(sigma.shape[:1] + (1,) * (ndim - 1))
+
+
+EDM = "edm"
+
+
+class ContinuousEDMSchedule(DiscreteSchedule):
+    """ComfyUI's ModelSamplingContinuousEDM: no discrete table behind the model, the UNet is fed
+    0.25 * ln(sigma). `sigmas` (1000 log-spaced values from sigma_min to sigma_max) exists for
+    the schedulers. Predictions: eps, v_prediction, or edm (Karras et al.'s preconditioning,
+    v-like with the opposite sign, usually with sigma_data 0.5)."""
+
+    def __init__(self, prediction: str = EPS, sigma_min: float = 0.002, sigma_max: float = 120.0,
+                 sigma_data: float = 1.0):
+        if prediction not in (EPS, V_PREDICTION, EDM):
+            raise ValueError(f"unknown prediction type {prediction!r} for a continuous schedule")
+        self.prediction = prediction
+        self.zsnr, self.skip_steps = False, 1
+        self.set_parameters(sigma_min, sigma_max, sigma_data)
+
+    def set_parameters(self, sigma_min: float, sigma_max: float, sigma_data: float) -> None:
+        self.sigma_data = sigma_data
+        self.set_sigmas(torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp())
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 0.25 * sigma.log()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        return (timestep / 0.25).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        return math.exp((hi - lo) * (1.0 - percent) + lo)
+
+    def calculate_denoised(self, sigma, model_output, x):
+        if self.prediction != EDM:
+            return super().calculate_denoised(sigma, model_output, x)
+        s = _expand(sigma, model_output.ndim)
+        sd2 = self.sigma_data ** 2
+        return x * sd2 / (s ** 2 + sd2) + model_output * s * self.sigma_data / (s ** 2 + sd2) ** 0.5
+
+
+class ContinuousVSchedule(ContinuousEDMSchedule):
+    """ComfyUI's ModelSamplingContinuousV: timestep = atan(sigma) * 2 / pi (in 0..1)."""
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.atan() / math.pi * 2
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        return (timestep * math.pi / 2).tan()
