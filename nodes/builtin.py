@@ -33,6 +33,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.text_encode", "nodes"),
     ("nodes.text_encode_sdxl", "comfy_extras.nodes_clip_sdxl"),
     ("nodes.lora", "nodes"),
+    ("nodes.primitives", "comfy_extras.nodes_primitive"),  # classes name their own modules
     ("nodes.unet_patches", "comfy_extras.nodes_freelunch"),  # classes name their own modules
     ("nodes.guidance_patches", "comfy_extras.nodes_sag"),  # classes name their own modules
     ("nodes.model_merging", "comfy_extras.nodes_model_merging"),
