@@ -37,6 +37,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.unet_patches", "comfy_extras.nodes_freelunch"),  # classes name their own modules
     ("nodes.guidance_patches", "comfy_extras.nodes_sag"),  # classes name their own modules
     ("nodes.model_merging", "comfy_extras.nodes_model_merging"),
+    ("nodes.model_merging_blocks", "comfy_extras.nodes_model_merging_model_specific"),
     ("nodes.latent_ops", "comfy_extras.nodes_latent"),
     ("nodes.clip_vision", "nodes"),
     ("nodes.inpaint", "nodes"),

@@ -64,7 +64,12 @@ async def latent(client, base_dir, prompt):
 
 
 def mix(w1, w2, strength_patch, strength_model):
-    return (w1.float() * strength_model + strength_patch * w2.float()).to(w1.dtype)
+    return w1.float() * strength_model + strength_patch * w2.float()
+
+
+def same(saved, expected_fp32):
+    """Saved weights are the fp32 result, rounded to the dtype the model holds them in."""
+    return torch.equal(saved, expected_fp32.to(saved.dtype))
 
 
 def saved_files(base_dir, sub):
@@ -104,9 +109,9 @@ async def test_checkpoint_save_writes_merged_weights_and_loads_back(client, mode
     saved = load_file(str(path))
     for k, v in saved.items():
         if k.startswith(UNET):
-            assert torch.equal(v, mix(a[k], b[k], 0.7, 0.3)), k
+            assert same(v, mix(a[k], b[k], 0.7, 0.3)), k
         elif k.startswith(TE) and "position_ids" not in k:
-            assert torch.equal(v, mix(a[k], b[k], 0.75, 0.25)), k
+            assert same(v, mix(a[k], b[k], 0.75, 0.25)), k
         elif k.startswith("first_stage_model."):
             assert torch.equal(v, a[k]), k
     assert {k for k in a if k.startswith(UNET)} <= set(saved)
@@ -147,10 +152,10 @@ async def test_subtract_add_identities_and_own_patches_of_model2(client, models_
     assert set(sub) == {k for k in a if k.startswith(UNET)}  # ModelSave: the UNet alone
     for k in sub:
         w1, w2 = a[k].float(), b[k].float()
-        assert torch.equal(sub[k], (0.5 * w1 - 0.5 * w2).to(a[k].dtype)), k
+        assert same(sub[k], 0.5 * w1 - 0.5 * w2), k
         # (w1 * 0.5 - 0.5 * w2) * 1 + w2 in fp32, rounded once
-        assert torch.equal(subadd[k], (0.5 * w1 - 0.5 * w2 + w2).to(a[k].dtype)), k
-        assert torch.equal(double[k], (2 * w1).to(a[k].dtype)), k
+        assert same(subadd[k], 0.5 * w1 - 0.5 * w2 + w2), k
+        assert same(double[k], 2 * w1), k
 
 
 async def test_merge_blocks_and_clip_merges(client, models_dir, base_dir):
@@ -172,12 +177,12 @@ async def test_merge_blocks_and_clip_merges(client, models_dir, base_dir):
         key = k[len(UNET):]
         # longest matching prefix; "out" also matches output_blocks; others take the first ratio (input)
         ratio = 0.0 if key.startswith("middle_block") else 0.4 if key.startswith("out") else 1.0
-        assert torch.equal(v, mix(a[k], b[k], 1.0 - ratio, ratio)), k
+        assert same(v, mix(a[k], b[k], 1.0 - ratio, ratio)), k
     assert saved_files(base_dir, "clip") == ["te_clip_l_00001_.safetensors"]
     te = load_file(str(base_dir / "output" / "clip" / "te_clip_l_00001_.safetensors"))
     for k, v in te.items():  # HF layout, no checkpoint prefix
         w1, w2 = a[TE + k].float(), b[TE + k].float()
-        assert torch.equal(v, (2 * w1 - 2 * w2 + w2).to(v.dtype)), k
+        assert same(v, 2 * w1 - 2 * w2 + w2), k
     with safe_open(str(base_dir / "output" / "clip" / "te_clip_l_00001_.safetensors"), "pt") as f:
         assert f.metadata()["format"] == "pt"
     vae = load_file(str(base_dir / "output" / "vae" / "v_00001_.safetensors"))
@@ -220,9 +225,9 @@ async def test_merge_sees_model2_lora_and_sdxl_modelspec(client, base_dir, model
     path = base_dir / "output" / "checkpoints" / "xl_00001_.safetensors"
     saved = load_file(str(path))
     lora_w = (w.float() + 0.5 * (up @ down.flatten(1)).reshape(w.shape))
-    assert torch.equal(saved[UNET + w_key], lora_w.to(w.dtype))
+    assert same(saved[UNET + w_key], lora_w)
     other = UNET + "input_blocks.1.0.in_layers.2.weight"
-    assert torch.equal(saved[other], xl[other])
+    assert same(saved[other], xl[other].float())
     # the public SDXL layout again (CLIP-G's unused logit_scale is not kept by comfyd's CLIP)
     assert set(saved) == set(xl) - {"conditioner.embedders.1.model.logit_scale"}
     with safe_open(str(path), "pt") as f:
@@ -247,3 +252,27 @@ async def test_disable_metadata_and_object_info(aiohttp_client, make_args, model
     with safe_open(str(base_dir / "output" / "m_00001_.safetensors"), "pt") as f:
         meta = f.metadata() or {}
     assert "prompt" not in meta and "workflow" not in meta and meta.get("modelspec.predict_key") == "epsilon"
+
+
+async def test_model_specific_block_nodes(client, models_dir, base_dir):
+    a, b = ckpt(models_dir, "a.safetensors"), ckpt(models_dir, "b.safetensors")
+    info = (await (await client.get("/object_info/ModelMergeSD1")).json())["ModelMergeSD1"]
+    assert info["python_module"] == "comfy_extras.nodes_model_merging_model_specific"
+    names = list(info["input"]["required"])
+    assert len(names) == 2 + 2 + 12 + 3 + 12 + 1 and names[4] == "input_blocks.0." and names[-1] == "out."
+    sdxl = (await (await client.get("/object_info/ModelMergeSDXL")).json())["ModelMergeSDXL"]
+    assert "input_blocks.8" in sdxl["input"]["required"] and "input_blocks.9" not in sdxl["input"]["required"]
+    ratios = {n: 1.0 for n in names[2:]}
+    ratios.update({"input_blocks.4.": 0.0, "input_blocks.1.": 0.25, "out.": 0.5})
+    p = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+         "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+         "3": {"class_type": "ModelMergeSD2", "inputs": {"model1": ["1", 0], "model2": ["2", 0], **ratios}},
+         "4": {"class_type": "ModelSave", "inputs": {"model": ["3", 0], "filename_prefix": "sd1blocks"}}}
+    await run_ok(client, p)
+    saved = load_file(str(base_dir / "output" / "sd1blocks_00001_.safetensors"))
+    for k, v in saved.items():
+        key = k[len(UNET):]
+        # "input_blocks.1." does not cover input_blocks.10/11 (the trailing dot)
+        ratio = 0.0 if key.startswith("input_blocks.4.") else 0.25 if key.startswith("input_blocks.1.") \
+            else 0.5 if key.startswith("out.") else 1.0
+        assert same(v, mix(a[k], b[k], 1.0 - ratio, ratio)), k
