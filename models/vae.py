@@ -267,14 +267,14 @@ class VAE:
         """Working memory to encode one h x w image."""
         return 1767 * h * w * devices.dtype_size(self.vae_dtype)
 
-    def _finite_or_upcast(self, out, run, x):
+    def _finite_or_upcast(self, out, run, original):
         """fp16 VAEs overflow on some latents: redo this chunk (and keep working) in bf16 or
         fp32, which the per-layer casts of models/ops.py allow without touching the weights."""
         if self.vae_dtype != torch.float16 or torch.isfinite(out).all():
             return out
         self.vae_dtype = devices.vae_upcast_dtype(devices.resolve(self.device))
         log.warning("VAE produced NaN/inf in fp16: upcasting the VAE to %s", self.vae_dtype)
-        return run(x.to(self.vae_dtype))
+        return run(original.to(self.device, self.vae_dtype))  # from the fp32 input, not the fp16 copy
 
     def crop_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Centre-crop H and W down to multiples of 8 and keep the colour channels."""
@@ -308,8 +308,8 @@ class VAE:
         step = self._per_chunk(*latent.shape[2:])
         run = self.first_stage_model.decode
         for i in range(0, latent.shape[0], step):
-            z = latent[i:i + step].to(self.device, self.vae_dtype)
-            x = self._finite_or_upcast(run(z), run, z)
+            part = latent[i:i + step]
+            x = self._finite_or_upcast(run(part.to(self.device, self.vae_dtype)), run, part)
             out.append(self.process_output(x.to(self.output_device).float()))
         return torch.cat(out).movedim(1, -1)
 
@@ -334,8 +334,8 @@ class VAE:
         step = self._per_chunk(pixels.shape[2] // 8, pixels.shape[3] // 8)
         run = self.first_stage_model.encode
         for i in range(0, pixels.shape[0], step):
-            x = self.process_input(pixels[i:i + step]).to(self.device, self.vae_dtype)
-            out.append(self._finite_or_upcast(run(x), run, x).to(self.output_device).float())
+            x = self.process_input(pixels[i:i + step])
+            out.append(self._finite_or_upcast(run(x.to(self.device, self.vae_dtype)), run, x).to(self.output_device).float())
         return torch.cat(out)
 
 
