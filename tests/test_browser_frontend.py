@@ -63,7 +63,16 @@ def _wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 60) -> Non
 
 
 @pytest.fixture
-def server(tmp_path):
+def browser_ready():
+    missing = _missing_tools()
+    if missing:
+        if os.environ.get("COMFYD_REQUIRE_BROWSER"):
+            pytest.fail("browser test prerequisites missing: " + ", ".join(missing))
+        pytest.skip("browser test prerequisites missing: " + ", ".join(missing))
+
+
+@pytest.fixture
+def server(browser_ready, tmp_path):
     base = tmp_path / "comfyd"
     base.mkdir()
     port = _free_port()
@@ -96,11 +105,6 @@ def unexpected_failures(report: dict) -> list[str]:
 
 @pytest.mark.slow
 def test_frontend_boots_and_runs_an_image_workflow(server, tmp_path):
-    missing = _missing_tools()
-    if missing:
-        if os.environ.get("COMFYD_REQUIRE_BROWSER"):
-            pytest.fail("browser test prerequisites missing: " + ", ".join(missing))
-        pytest.skip("browser test prerequisites missing: " + ", ".join(missing))
     url, base = server
     report_path = tmp_path / "report.json"
     run = subprocess.run(["node", SCRIPT, url, str(report_path)], cwd=BROWSER_DIR,
