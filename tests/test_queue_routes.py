@@ -234,6 +234,14 @@ async def test_jobs_list_errors(idle, query, message):
     assert await get_json(client, f"/api/jobs?{query}", status=400) == {"error": message}
 
 
+async def test_jobs_cancelled_filter_of_newer_frontends_matches_nothing(idle):
+    client, _ = idle
+    everything = await get_json(client, "/api/jobs?status=completed,failed")
+    with_cancelled = await get_json(client, "/api/jobs?status=completed,failed,cancelled")
+    assert with_cancelled == everything
+    assert (await get_json(client, "/api/jobs?status=cancelled"))["jobs"] == []
+
+
 async def test_job_by_id(idle):
     client, q = idle
     await fill_jobs(q)

@@ -20,7 +20,10 @@ async def list_jobs(request: web.Request) -> web.Response:
     statuses = None
     if "status" in q:
         statuses = [s.strip().lower() for s in q["status"].split(",") if s.strip()]
-        bad = [s for s in statuses if s not in jobs.ALL_STATUSES]
+        # Frontends from 1.38.4 also ask for "cancelled" (a status of later ComfyUI versions). 0.8.0's
+        # jobs are never in it, so it is accepted and matches nothing, instead of a 400 that
+        # empties those frontends' history panels.
+        bad = [s for s in statuses if s not in jobs.ALL_STATUSES and s != "cancelled"]
         if bad:
             return _err(f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(jobs.ALL_STATUSES)}")
     sort_by = q.get("sort_by", "created_at").lower()
