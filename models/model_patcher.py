@@ -72,7 +72,8 @@ class ModelPatcher:
         self.object_patches: dict = {}
         self.weight_patches: list = []  # [(patches dict, strength_patch, strength_model)]
         # One weight patcher per shared model, so every clone restores the same originals.
-        self.weights = weight_patcher or WeightPatcher({"unet": model.diffusion_model})
+        self.weights = weight_patcher or WeightPatcher({"unet": model.diffusion_model},
+                                                       {"unet": getattr(model, "compute_dtype", None)})
 
     def clone(self) -> "ModelPatcher":
         c = ModelPatcher(self.model, self.load_device, self.offload_device, self.weights)

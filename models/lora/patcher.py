@@ -26,8 +26,12 @@ def _get_param(module: torch.nn.Module, key: str) -> torch.Tensor:
 
 
 class WeightPatcher:
-    def __init__(self, components: dict[str, torch.nn.Module]):
+    def __init__(self, components: dict[str, torch.nn.Module], compute_dtypes: dict | None = None):
         self.components = components
+        # component -> dtype it computes in. A weight kept narrower only to save memory (fp16/bf16
+        # storage of an fp32-computing model) is patched into that dtype: ComfyUI holds such a
+        # model's weights in the compute dtype, so its patched weights are never rounded to fp16.
+        self.compute_dtypes = compute_dtypes or {}
         self.backup: dict[tuple, torch.Tensor] = {}
         self.applied_signature: tuple = ()
 
@@ -81,6 +85,11 @@ class WeightPatcher:
             param = self._param(target)
             if param is None:
                 continue
+            widen = self.compute_dtypes.get(target[0])
+            if widen == torch.float32 and param.dtype in (torch.float16, torch.bfloat16):
+                self.backup[target] = param.data  # the stored tensor itself: it is swapped, not written
+                param.data = patched_weight(param.detach(), adapters, keep_fp32=True)
+                continue
             self.backup[target] = param.detach().clone()
             param.copy_(patched_weight(param.detach(), adapters))
         self.applied_signature = sig
@@ -90,7 +99,11 @@ class WeightPatcher:
     @torch.no_grad()
     def restore(self) -> None:
         for target, original in self.backup.items():
-            self._param(target).copy_(original)
+            param = self._param(target)
+            if param.dtype != original.dtype:  # widened while patched: put the stored tensor back
+                param.data = original.to(param.device)  # the model may have moved while patched
+            else:
+                param.copy_(original)
         self.backup.clear()
         self.applied_signature = ()
 
