@@ -15,7 +15,7 @@ import uuid
 
 import torch
 
-from models import memory
+from models import devices, memory
 from models.sampling import schedulers
 from models.sampling.conds import reshape_mask
 from models.sampling.guidance import sampling_function
@@ -254,7 +254,8 @@ class CFGGuider:
                 for c in self.conds[k]:
                     if "control" in c:
                         c["control"].cleanup()
-        return model.latent_format.process_out(samples.to(torch.float32))
+        # results leave the GPU (ComfyUI's intermediate device), so nodes downstream get CPU tensors
+        return model.latent_format.process_out(samples.to(devices.intermediate_device(), torch.float32))
 
 
 class _InpaintDenoiser:
