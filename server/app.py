@@ -111,6 +111,9 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     node_settings.configure(args.disable_metadata, args.default_hashing_function)
     from models.state_dict import set_mmap
     set_mmap(not args.disable_mmap)  # --disable-mmap: tensors copied out of the file mapping
+    from models import devices, memory
+    devices.configure(args)  # compute device, vram state and dtype flags (models/devices.py)
+    memory.reset()  # a new app (tests build several per process) starts with no models placed
 
     def broadcast_status():
         hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.get_tasks_remaining()}}})
@@ -121,7 +124,7 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
     executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru, ram_headroom=args.cache_ram or 0.0)
-    worker = Worker(queue, executor, hub)
+    worker = Worker(queue, executor, hub, free_models=memory.release_all)  # POST /free unloads models
     app[QUEUE], app[EXECUTOR], app[WORKER] = queue, executor, worker
     hub.queue_remaining = queue.get_tasks_remaining
     hub.current_executing = worker.current_node_for
