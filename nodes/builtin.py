@@ -29,6 +29,7 @@ BUILTIN_MODULES: list[tuple[str, str]] = [
     ("nodes.sampling_extras", "comfy_extras.nodes_custom_sampler"),
     ("nodes.sampling_gits", "comfy_extras.nodes_gits"),
     ("nodes.sampling_advanced", "comfy_extras.nodes_advanced_samplers"),
+    ("nodes.conditioning_models", "comfy_extras.nodes_ip2p"),  # classes name their own modules
     ("nodes.model_advanced", "comfy_extras.nodes_model_advanced"),
     ("nodes.vae", "nodes"),
     ("nodes.model_loaders", "nodes"),

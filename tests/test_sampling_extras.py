@@ -279,3 +279,74 @@ async def test_nodes_in_object_info(client):
     assert info["SamplingPercentToSigma"]["output"] == ["FLOAT"]
     solver = info["SamplerER_SDE"]["input"]["required"]["solver_type"]
     assert solver[0] == "COMBO" and solver[1]["options"] == ["ER-SDE", "Reverse-time SDE", "ODE"]
+
+
+# -- image conditioning (InstructPix2Pix, SD 4x upscaler) --------------------------------------
+
+class RecordingVAE:
+    """Encodes by 8x average pooling into 4 channels, recording what it was given."""
+
+    def __init__(self):
+        self.seen = None
+
+    def encode(self, pixels):
+        self.seen = pixels
+        pooled = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
+        return torch.cat([pooled, pooled[:, :1]], dim=1)
+
+
+def test_ip2p_crops_encodes_and_conditions():
+    from nodes.conditioning_models import InstructPixToPixConditioning
+    pixels = torch.rand(2, 21, 34, 3)
+    vae = RecordingVAE()
+    pos = [[torch.ones(1, 77, 8), {"strength": 0.5}]]
+    neg = [[torch.zeros(1, 77, 8), {}]]
+    p, n, latent = InstructPixToPixConditioning.execute(pos, neg, pixels, vae).args
+    # 21 -> 16 (offset 2), 34 -> 32 (offset 1)
+    assert torch.equal(vae.seen, pixels[:, 2:18, 1:33, :])
+    concat = vae.encode(pixels[:, 2:18, 1:33, :])
+    for cond in (p, n):
+        assert torch.equal(cond[0][1]["concat_latent_image"], concat)
+    assert p[0][1]["strength"] == 0.5 and "concat_latent_image" not in pos[0][1]  # inputs untouched
+    assert latent["samples"].shape == concat.shape and not latent["samples"].any()
+    aligned = torch.rand(1, 16, 24, 3)
+    InstructPixToPixConditioning.execute(pos, neg, aligned, vae)
+    assert vae.seen is aligned
+
+
+def test_sd4x_upscale_conditioning():
+    from nodes.conditioning_models import SD_4XUpscale_Conditioning
+    images = torch.rand(2, 10, 12, 3)
+    pos = [[torch.ones(1, 77, 8), {}]]
+    p, n, latent = SD_4XUpscale_Conditioning.execute(images, pos, pos, 2.0, 0.25).args
+    # output 24x20 -> latent and low-res image at 6x5; same aspect, so no crop
+    expected = torch.nn.functional.interpolate(images.movedim(-1, 1) * 2 - 1, size=(5, 6), mode="bilinear")
+    for cond in (p, n):
+        torch.testing.assert_close(cond[0][1]["concat_image"], expected)
+        assert cond[0][1]["noise_augmentation"] == 0.25
+    assert latent["samples"].shape == (2, 4, 5, 6) and not latent["samples"].any()
+    _, _, same = SD_4XUpscale_Conditioning.execute(images, pos, pos, 4.0, 0.0).args
+    assert same["samples"].shape == (2, 4, 10, 12)
+
+
+@needs_layouts
+async def test_image_conditioning_nodes_over_http(client, sd1, base_dir):
+    p = base_nodes()
+    p.update({
+        "5": {"class_type": "EmptyImage", "inputs": {"width": 70, "height": 66, "batch_size": 1, "color": 0x808080}},
+        "6": {"class_type": "InstructPixToPixConditioning", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["5", 0]}},
+        "7": {"class_type": "SD_4XUpscale_Conditioning", "inputs": {
+            "images": ["5", 0], "positive": ["2", 0], "negative": ["3", 0], "scale_ratio": 4.0,
+            "noise_augmentation": 0.2}},
+        "20": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 2], "filename_prefix": "ip2p"}}, "21": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 2],
+                                                                              "filename_prefix": "sd4x"}},
+    })
+    h = await run_ok(client, p)
+    ip2p, sd4x = saved(base_dir, h, "20"), saved(base_dir, h, "21")
+    assert ip2p.shape == (1, 4, 8, 8) and not ip2p.any()  # 66x70 cropped to 64x64
+    assert sd4x.shape == (1, 4, 66, 70) and not sd4x.any()
+    info = await (await client.get("/object_info")).json()
+    assert info["InstructPixToPixConditioning"]["python_module"] == "comfy_extras.nodes_ip2p"
+    assert info["SD_4XUpscale_Conditioning"]["python_module"] == "comfy_extras.nodes_sdupscale"
+    assert info["SD_4XUpscale_Conditioning"]["category"] == "conditioning/upscale_diffusion"
