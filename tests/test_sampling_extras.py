@@ -339,8 +339,8 @@ async def test_image_conditioning_nodes_over_http(client, sd1, base_dir):
         "7": {"class_type": "SD_4XUpscale_Conditioning", "inputs": {
             "images": ["5", 0], "positive": ["2", 0], "negative": ["3", 0], "scale_ratio": 4.0,
             "noise_augmentation": 0.2}},
-        "20": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 2], "filename_prefix": "ip2p"}}, "21": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 2],
-                                                                              "filename_prefix": "sd4x"}},
+        "20": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 2], "filename_prefix": "ip2p"}},
+        "21": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 2], "filename_prefix": "sd4x"}},
     })
     h = await run_ok(client, p)
     ip2p, sd4x = saved(base_dir, h, "20"), saved(base_dir, h, "21")
