@@ -25,7 +25,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORACLE_DIR = os.path.join(os.path.dirname(ROOT), "shared", "oracle")
+ORACLE_DIR = next(p for p in (os.environ.get("COMFYD_ORACLE_DIR") or "", os.path.join(os.path.dirname(ROOT), "shared", "oracle"),
+                               os.path.join(ROOT, "tests", "oracle_data")) if p and os.path.isdir(p))
 REFS = os.path.join(ORACLE_DIR, "refs")
 SD15_CASES = ["a_sd15_euler", "b_sd15_dpmpp_2m_karras", "c_sd15_dpmpp_3m_sde_gpu_karras", "d_sd15_img2img",
               "e_sd15_lora", "f_sd15_controlnet", "i_sd15_prompt_weighting"]

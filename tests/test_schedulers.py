@@ -6,9 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from models.sampling import schedulers
+from tiny_checkpoints import ORACLE_DIR
 from models.sampling.model_sampling import DiscreteSchedule
 
-ORACLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "oracle", "components")
+ORACLE = os.path.join(ORACLE_DIR, "components")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,17 @@ import re
 
 import torch
 
-ORACLE_DIR = os.environ.get("COMFYD_ORACLE_DIR",
-                            os.path.join(os.path.dirname(__file__), "..", "..", "shared", "oracle"))
+
+
+def _oracle_dir() -> str:
+    """The oracle folder: $COMFYD_ORACLE_DIR, else the workplace's ../shared/oracle, else the copy
+    kept in the repository (tests/oracle_data) so a clean clone elsewhere still has it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    shared = os.path.join(here, "..", "..", "shared", "oracle")
+    return os.environ.get("COMFYD_ORACLE_DIR") or (shared if os.path.isdir(shared) else os.path.join(here, "oracle_data"))
+
+
+ORACLE_DIR = _oracle_dir()
 LAYOUT_DIR = os.path.join(ORACLE_DIR, "layouts")
 
 UNET = "model.diffusion_model."
