@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ for _p in (ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "compat")):
 
 RANK = 32
 GIB = 2 ** 30
+THREADS = 1  # --threads
 
 
 def peak_rss_gb() -> float:
@@ -106,7 +108,7 @@ def _sample_weights(weights, patches, n=12):
 
 def phase_components(path: str, which: str, budget_gb: float) -> dict:
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     from models.checkpoint import load_checkpoint
     from models.clip import build_clip
     from models.model_patcher import ModelPatcher
@@ -175,7 +177,7 @@ def phase_http(path: str, budget_gb: float) -> dict:
     import asyncio
 
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     from safetensors.torch import save_file
 
     import models.checkpoint
@@ -240,11 +242,16 @@ def phase_http(path: str, budget_gb: float) -> dict:
             await client.close()
         return rows
 
-    rows = asyncio.run(run_all())
+    try:
+        rows = asyncio.run(run_all())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the checkpoint is only linked in there
     return {"phase": "http", "prompts": rows, "checkpoint_loads": len(loads), "peak_rss_gb": peak_rss_gb(), **cover}
 
 
 def child(args) -> None:
+    global THREADS
+    THREADS = args.threads
     if args.phase == "http":
         out = phase_http(args.checkpoint, args.ram_budget_gb)
     else:
@@ -299,6 +306,8 @@ def main() -> None:
     ap.add_argument("--ram-budget-gb", type=float, default=8.0,
                     help="cap on the extra memory patched weights may take (patched copy + original)")
     ap.add_argument("--phases", nargs="+", default=["unet", "clip", "http"], choices=["unet", "clip", "http"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.checkpoint is None:
@@ -309,17 +318,23 @@ def main() -> None:
     results = {}
     for phase in args.phases:
         proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--checkpoint", args.checkpoint,
-                               "--ram-budget-gb", str(args.ram_budget_gb)], capture_output=True, text=True)
+                               "--ram-budget-gb", str(args.ram_budget_gb), "--threads", str(args.threads)],
+                              capture_output=True, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not found:
             print(f"phase {phase} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
         results[phase] = json.loads(found[-1][len("RESULT "):])
         print(f"{phase}: {json.dumps(results[phase])}", file=sys.stderr)
-    print(table(results))
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "lora_patch.json"), "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "ram_budget_gb": args.ram_budget_gb, "results": results}, f, indent=1)
+    out_path = os.path.join(ROOT, "bench", "results", "lora_patch.json")
+    if os.path.exists(out_path):  # phases run separately accumulate
+        with open(out_path) as f:
+            results = {**json.load(f).get("results", {}), **results}
+    print(table(results))
+    with open(out_path, "w") as f:
+        json.dump({"checkpoint": args.checkpoint, "ram_budget_gb": args.ram_budget_gb, "threads": args.threads,
+                   "load_average": os.getloadavg(), "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
