@@ -276,3 +276,34 @@ async def test_model_specific_block_nodes(client, models_dir, base_dir):
         ratio = 0.0 if key.startswith("input_blocks.4.") else 0.25 if key.startswith("input_blocks.1.") \
             else 0.5 if key.startswith("out.") else 1.0
         assert same(v, mix(a[k], b[k], 1.0 - ratio, ratio)), k
+
+
+def test_comfyui_patch_forms_from_custom_nodes():
+    """Keys and values as ComfyUI custom nodes build them: "diffusion_model.<key>" strings,
+    (diff,), ("diff", (diff,)), ("set", (w,)), get_key_patches lists; unknown keys ignored."""
+    from types import SimpleNamespace
+
+    from models.model_patcher import ModelPatcher
+    lin = torch.nn.Linear(3, 2)
+    base = lin.weight.detach().clone()
+    mp = ModelPatcher(SimpleNamespace(diffusion_model=torch.nn.ModuleDict({"layer": lin})))
+    d = torch.full((2, 3), 0.5)
+    k = "diffusion_model.layer.weight"
+    m = mp.clone()
+    assert m.add_patches({k: (d,), "diffusion_model.nope.weight": (d,)}, 2.0) == [k]
+    m.add_patches({k: ("diff", (d,))}, 1.0, 0.5)
+    m.prepare_for_sampling()
+    torch.testing.assert_close(lin.weight.detach(), (base + 2 * d) * 0.5 + d)
+    s = mp.clone()
+    s.add_patches({k: ("set", (torch.ones(2, 3),))})
+    s.prepare_for_sampling()
+    assert torch.equal(lin.weight.detach(), torch.ones(2, 3))
+    # a ComfyUI-style key-patch list: [(weight, convert_func), (strength, value, strength_model, None, None)]
+    other = torch.randn(2, 3)
+    listed = [(other, lambda a, **kw: a), (0.5, (d,), 1.0, None, None)]
+    c = mp.clone()
+    c.add_patches({k: listed}, 0.25, 0.75)
+    c.prepare_for_sampling()
+    torch.testing.assert_close(lin.weight.detach(), base * 0.75 + 0.25 * (other + 0.5 * d))
+    mp.prepare_for_sampling()  # no patches: the original weight, exactly
+    assert torch.equal(lin.weight.detach(), base)
