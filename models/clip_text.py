@@ -78,7 +78,7 @@ class _Attention(nn.Module):
         self.heads = heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (ops.Linear(width, width) for _ in range(4))
 
-    def forward(self, x, mask):
+    def forward(self, x, mask=None):
         return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, mask))
 
 
@@ -93,15 +93,18 @@ class _MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class _Layer(nn.Module):
-    def __init__(self, cfg: TextEncoderConfig):
+class EncoderLayer(nn.Module):
+    """One pre-norm CLIP transformer layer in the Hugging Face key layout, shared by the text
+    encoders and the vision towers (cfg needs width, heads, ffn and activation)."""
+
+    def __init__(self, cfg):
         super().__init__()
         self.layer_norm1 = ops.LayerNorm(cfg.width)
         self.self_attn = _Attention(cfg.width, cfg.heads)
         self.layer_norm2 = ops.LayerNorm(cfg.width)
         self.mlp = _MLP(cfg.width, cfg.ffn, cfg.activation)
 
-    def forward(self, x, mask):
+    def forward(self, x, mask=None):
         x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -116,7 +119,7 @@ class _Embeddings(nn.Module):
 class _Encoder(nn.Module):
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.layers))
 
 
 class _TextModel(nn.Module):

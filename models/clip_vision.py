@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
-from models.attention import attention
+from models.clip_text import EncoderLayer
 from models.state_dict import ModelFileError, TensorSource, as_source
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -100,48 +100,10 @@ def clip_preprocess(image: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=CL
 
 # -- the network ----------------------------------------------------------------------------------
 
-def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-class _Attention(nn.Module):
-    def __init__(self, width, heads):
-        super().__init__()
-        self.heads = heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (ops.Linear(width, width) for _ in range(4))
-
-    def forward(self, x):
-        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads))
-
-
-class _MLP(nn.Module):
-    def __init__(self, width, ffn, activation):
-        super().__init__()
-        self.fc1 = ops.Linear(width, ffn)
-        self.fc2 = ops.Linear(ffn, width)
-        self.act = quick_gelu if activation == "quick_gelu" else F.gelu
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _Layer(nn.Module):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        self.layer_norm1 = ops.LayerNorm(cfg.width)
-        self.self_attn = _Attention(cfg.width, cfg.heads)
-        self.layer_norm2 = ops.LayerNorm(cfg.width)
-        self.mlp = _MLP(cfg.width, cfg.ffn, cfg.activation)
-
-    def forward(self, x):
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
 class _Encoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.layers))
 
 
 class _Embeddings(nn.Module):
