@@ -67,3 +67,17 @@ def test_sdxl_euler_matches_comfyui(oracle_server, compare):
     result = oracle_table.run_cases(url, [oracle_table.SDXL_CASE], compare)[oracle_table.SDXL_CASE]
     print(f"g_sdxl_euler: rel_rms={result.get('latent_rel_rms')} psnr={result.get('image_psnr_db')}")
     _assert_pass(result)
+
+
+def test_sdxl_seed_workflow_matches_comfyui(oracle_server, compare):
+    """h_sdxl_seed_workflow: the seed document's graph (CLIP vision G, two unCLIPConditionings on a
+    zeroed text conditioning, depth Control-LoRA, dpmpp_3m_sde_gpu/karras) at 256x192, 4 steps."""
+    url, base = oracle_server
+    oracle_table.free_models(url)
+    if _available_ram() < 14 * GiB:
+        pytest.skip("h_sdxl_seed_workflow needs >= 14 GB of free RAM")
+    case = "h_sdxl_seed_workflow"
+    oracle_table.link_models(base, {n: require_oracle_model(n) for n in oracle_table.models_needed([case])})
+    result = oracle_table.run_cases(url, [case], compare)[case]
+    print(f"{case}: rel_rms={result.get('latent_rel_rms')} psnr={result.get('image_psnr_db')}")
+    _assert_pass(result)
