@@ -14,6 +14,8 @@ COPY pyproject.toml ./
 RUN python -c "import subprocess, sys, tomllib; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 subprocess.check_call([sys.executable, '-m', 'pip', 'install', *deps])"
+# Upscale-model architectures; --no-deps so its torchvision pin cannot replace the image's torch.
+RUN python -m pip install --no-deps spandrel==0.4.2
 
 # The code lives apart from the data: /app/models holds weights and is a volume, while
 # comfyd's own Python package of the same name stays importable from /opt/comfyd.
