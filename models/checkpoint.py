@@ -23,6 +23,7 @@ import torch
 
 from models import latent_formats
 from models.detect import SDXL_LIKE, Detection, UnknownArchitectureError, detect_checkpoint, describe_keys
+from models.clip_text import openclip_layer_to_hf
 from models.diffusion import DiffusionModel
 from models.ops import load_into
 from models.state_dict import ModelFileError, TensorSource, as_source
@@ -45,8 +46,6 @@ def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                "ln_final.weight": "text_model.final_layer_norm.weight",
                "ln_final.bias": "text_model.final_layer_norm.bias",
                "logit_scale": "logit_scale"}
-    layer_parts = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-                   "attn.out_proj": "self_attn.out_proj"}
     out = {}
     for k, v in sd.items():
         if k in renames:
@@ -55,14 +54,7 @@ def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out["text_projection.weight"] = v.transpose(0, 1).contiguous()
         elif k.startswith("transformer.resblocks."):
             n, rest = k[len("transformer.resblocks."):].split(".", 1)
-            base = f"text_model.encoder.layers.{n}."
-            if rest.startswith("attn.in_proj_"):
-                kind = rest[len("attn.in_proj_"):]
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
-                    out[f"{base}self_attn.{name}.{kind}"] = part.contiguous()
-            else:
-                part, suffix = rest.rsplit(".", 1)
-                out[base + layer_parts.get(part, part) + "." + suffix] = v
+            out.update(openclip_layer_to_hf(rest, v, f"text_model.encoder.layers.{n}."))
         else:
             out[k] = v
     return out

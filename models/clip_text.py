@@ -93,6 +93,21 @@ class _MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+_OPENCLIP_LAYER_PARTS = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1",
+                         "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+
+
+def openclip_layer_to_hf(rest: str, value: torch.Tensor, base: str) -> dict[str, torch.Tensor]:
+    """One tensor of an OpenCLIP `transformer.resblocks.N.<rest>` as EncoderLayer keys under
+    `base` (e.g. "text_model.encoder.layers.N."); the fused in_proj is split into q, k, v."""
+    if rest.startswith("attn.in_proj_"):
+        kind = rest[len("attn.in_proj_"):]
+        return {f"{base}self_attn.{name}.{kind}": part.contiguous()
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0))}
+    part, suffix = rest.rsplit(".", 1)
+    return {base + _OPENCLIP_LAYER_PARTS.get(part, part) + "." + suffix: value}
+
+
 class EncoderLayer(nn.Module):
     """One pre-norm CLIP transformer layer in the Hugging Face key layout, shared by the text
     encoders and the vision towers (cfg needs width, heads, ffn and activation)."""

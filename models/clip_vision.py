@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
-from models.clip_text import EncoderLayer
+from models.clip_text import EncoderLayer, openclip_layer_to_hf
 from models.state_dict import ModelFileError, TensorSource, as_source
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -219,10 +219,6 @@ _OPENCLIP_TOP = {"class_embedding": "vision_model.embeddings.class_embedding",
                  "ln_pre.weight": "vision_model.pre_layrnorm.weight", "ln_pre.bias": "vision_model.pre_layrnorm.bias",
                  "ln_post.weight": "vision_model.post_layernorm.weight",
                  "ln_post.bias": "vision_model.post_layernorm.bias"}
-_OPENCLIP_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-                   "attn.out_proj": "self_attn.out_proj"}
-
-
 def openclip_visual_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An OpenCLIP visual tower (prefix stripped: `conv1.weight`, `transformer.resblocks.N...`,
     `proj` stored [width, dim] for x @ proj) in the HF layout; other keys are dropped."""
@@ -234,14 +230,7 @@ def openclip_visual_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out["visual_projection.weight"] = v.transpose(0, 1).contiguous()
         elif k.startswith("transformer.resblocks."):
             n, rest = k[len("transformer.resblocks."):].split(".", 1)
-            base = f"vision_model.encoder.layers.{n}."
-            if rest.startswith("attn.in_proj_"):
-                kind = rest[len("attn.in_proj_"):]
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
-                    out[f"{base}self_attn.{name}.{kind}"] = part.contiguous()
-            else:
-                part, suffix = rest.rsplit(".", 1)
-                out[base + _OPENCLIP_LAYER.get(part, part) + "." + suffix] = v
+            out.update(openclip_layer_to_hf(rest, v, f"vision_model.encoder.layers.{n}."))
     return out
 
 
