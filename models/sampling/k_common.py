@@ -4,6 +4,12 @@ A sampler is a plain function `sample_x(model, x, sigmas, extra_args=None, callb
 disable=None, **options)`: `model(x, sigma * s_in, **extra_args)` returns the denoised
 estimate, `callback({"x", "i", "sigma", "sigma_hat", "denoised"})` reports each step.
 This is the signature custom node packs use, so theirs plug in unchanged.
+
+No host-device syncs inside the loop: each sampler takes `host_sigmas(sigmas)` first, so
+the per-step control flow (`if sigma_next == 0`, `min`, comparisons) reads CPU float32
+values instead of waiting for the GPU each step. The arithmetic stays float32 tensor
+arithmetic, and a 0-dim CPU tensor takes part in a CUDA op as a scalar, with no transfer;
+a CPU value with dimensions goes over with `on_device` (an asynchronous copy).
 """
 from __future__ import annotations
 
@@ -14,8 +20,24 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v[(...,) + (None,) * (ndim - v.ndim)]
 
 
+def host_sigmas(sigmas) -> torch.Tensor:
+    """The schedule on the host, for the per-step control flow (one copy before the loop)."""
+    if not isinstance(sigmas, torch.Tensor):
+        return torch.as_tensor(sigmas)
+    return sigmas.detach().to("cpu")
+
+
+def on_device(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A host tensor on like's device, copied without making the host wait for the GPU."""
+    return like.new_empty(v.shape, dtype=v.dtype).copy_(v, non_blocking=True)
+
+
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma."""
+    if isinstance(sigma, torch.Tensor) and sigma.ndim == 0:
+        # a host scalar broadcasts as is; the dtype is the one a [1,1,1,1] sigma would give
+        diff = x - denoised
+        return diff.to(torch.promote_types(diff.dtype, sigma.dtype)) / sigma
     return (x - denoised) / append_dims(sigma, x.ndim)
 
 

@@ -51,7 +51,9 @@ class BrownianTreeNoise:
         t0 = transform(torch.as_tensor(sigma_min))
         t1 = transform(torch.as_tensor(sigma_max))
         t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w0 = torch.zeros_like(x)
+        # the tree lives on the host (cpu=True) or on x's device; its increments go to x's device
+        self.anchor = x.new_empty(0)
+        w0 = torch.zeros(x.shape, dtype=x.dtype) if cpu else torch.zeros_like(x)
         self.batched = isinstance(seed, (list, tuple))
         if seed is None:
             seeds = (torch.randint(0, 2 ** 63 - 1, ()).item(),)
@@ -62,16 +64,19 @@ class BrownianTreeNoise:
         else:
             seeds = (seed,)
         if cpu:
-            t0, w0, t1 = t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
+            t0, t1 = t0.detach().cpu(), t1.detach().cpu()
         self.trees = tuple(torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds)
 
     def _increment(self, a, b):
+        # sigmas on the host (as the samplers pass them) cost no sync here: torchsde reads them as floats
         a, b, sign = (a, b, 1) if a < b else (b, a, -1)
-        device, dtype = a.device, a.dtype
+        dtype = a.dtype
         if self.cpu:
             a, b = a.detach().cpu().float(), b.detach().cpu().float()
-        w = torch.stack([tree(a, b) for tree in self.trees]).to(device=device, dtype=dtype)
-        w = w * (self.sign * sign)
+        w = torch.stack([tree(a, b) for tree in self.trees])
+        if w.device != self.anchor.device:  # host tree: an asynchronous copy, no wait for the GPU
+            w = self.anchor.new_empty(w.shape, dtype=dtype).copy_(w, non_blocking=True)
+        w = w.to(dtype) * (self.sign * sign)
         return w if self.batched else w[0]
 
     def __call__(self, sigma, sigma_next):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from models.resize import common_upscale
-from models.sampling.k_common import capture_uncond, extra, step, to_d, unit_batch
+from models.sampling.k_common import host_sigmas, capture_uncond, extra, step, to_d, unit_batch
 
 
 @torch.no_grad()
@@ -16,6 +16,7 @@ def sample_lcm_upscale(model, x, sigmas, extra_args=None, callback=None, disable
     """LCM whose denoised estimate is enlarged on each of the first steps, reaching total_upscale
     after upscale_steps of them (default: about half the schedule). Fresh noise comes from the
     global generator, which the initial-noise seeding leaves seeded."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     if upscale_steps is None:
         upscale_steps = max(len(sigmas) // 2 + 1, 2)
@@ -37,6 +38,7 @@ def sample_lcm_upscale(model, x, sigmas, extra_args=None, callback=None, disable
 @torch.no_grad()
 def sample_euler_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Euler whose derivative is taken toward denoised - uncond offset: d = (x - uncond) / sigma."""
+    sigmas = host_sigmas(sigmas)
     extra_args, uncond = capture_uncond(extra(extra_args))
     s_in = unit_batch(x)
     for i in range(len(sigmas) - 1):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import (ancestral_step, extra, half_log_snr, model_sampling_of,
-                                      sigma_from_half_log_snr, step, to_d, unit_batch)
+from models.sampling.k_common import (host_sigmas, ancestral_step, extra, half_log_snr, model_sampling_of,
+                                      on_device, sigma_from_half_log_snr, step, to_d, unit_batch)
 from models.sampling.noise import default_noise_sampler
 
 
@@ -16,6 +16,7 @@ def _noise(x, extra_args, noise_sampler):
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
                            eta=1.0, s_noise=1.0, noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     for i in range(len(sigmas) - 1):
@@ -33,6 +34,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 @torch.no_grad()
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
                            eta=1.0, s_noise=1.0, noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     for i in range(len(sigmas) - 1):
@@ -55,6 +57,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
                               eta=1.0, s_noise=1.0, noise_sampler=None):
     """DPM-Solver++(2S): a half step in log-SNR, then the full step from its estimate."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     for i in range(len(sigmas) - 1):
@@ -78,6 +81,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
 
 def _vp_step_sampler(model, x, sigmas, extra_args, callback, noise_sampler, step_fn):
     """Run a step defined in variance-preserving coordinates (x / sqrt(1 + sigma^2))."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     for i in range(len(sigmas) - 1):
@@ -108,6 +112,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 @torch.no_grad()
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
     """Latent consistency: jump to the estimate, then re-noise to the next sigma."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     ms = model_sampling_of(model)
@@ -116,5 +121,6 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
         step(callback, x, i, sigmas[i], denoised)
         x = denoised
         if sigmas[i + 1] > 0:
-            x = ms.noise_scaling(sigmas[i + 1], noise(sigmas[i], sigmas[i + 1]), x)
+            # a device sigma: model samplings from node packs view it to the latent's rank
+            x = ms.noise_scaling(on_device(sigmas[i + 1], x), noise(sigmas[i], sigmas[i + 1]), x)
     return x

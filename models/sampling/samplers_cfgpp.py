@@ -6,7 +6,7 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import (ancestral_step, capture_uncond, extra, half_log_snr,
+from models.sampling.k_common import (host_sigmas, ancestral_step, capture_uncond, extra, half_log_snr,
                                       sigma_from_half_log_snr, step, to_d, unit_batch)
 from models.sampling.noise import default_noise_sampler
 
@@ -18,6 +18,7 @@ def _noise(x, extra_args, noise_sampler):
 @torch.no_grad()
 def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                   eta=1.0, s_noise=1.0, noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     extra_args = extra(extra_args)
     noise = _noise(x, extra_args, noise_sampler)
     extra_args, uncond = capture_uncond(extra_args)
@@ -46,6 +47,7 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                      eta=1.0, s_noise=1.0, noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     extra_args = extra(extra_args)
     noise = _noise(x, extra_args, noise_sampler)
     extra_args, uncond = capture_uncond(extra_args)
@@ -74,6 +76,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
 
 @torch.no_grad()
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    sigmas = host_sigmas(sigmas)
     extra_args, uncond = capture_uncond(extra(extra_args))
     s_in = unit_batch(x)
     old_uncond = None
@@ -96,6 +99,7 @@ def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, dis
 @torch.no_grad()
 def res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None,
                   s_noise=1.0, noise_sampler=None, eta=1.0, cfg_pp=False):
+    sigmas = host_sigmas(sigmas)
     extra_args = extra(extra_args)
     noise = _noise(x, extra_args, noise_sampler)
     uncond = lambda: None  # noqa: E731
@@ -145,6 +149,7 @@ sample_res_multistep_ancestral_cfg_pp = partial(res_multistep, cfg_pp=True)
 def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                ge_gamma=2.0, cfg_pp=False):
     """Euler plus a correction along the change of the derivative (gamma = 2)."""
+    sigmas = host_sigmas(sigmas)
     extra_args = extra(extra_args)
     uncond = lambda: None  # noqa: E731
     if cfg_pp:

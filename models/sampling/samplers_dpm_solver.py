@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from models.sampling.k_common import ancestral_step, extra
+from models.sampling.k_common import host_sigmas, ancestral_step, extra
 from models.sampling.noise import default_noise_sampler
 
 
@@ -73,6 +73,7 @@ def _report(callback, x, i, t, t_up, denoised):
 @torch.no_grad()
 def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0, s_noise=1.0,
                     noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     extra_args = extra(extra_args)
@@ -82,7 +83,7 @@ def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=No
     eps = _Eps(model, extra_args)
     t_start, t_end = _t(torch.as_tensor(sigma_max)), _t(torch.as_tensor(sigma_min))
     m = math.floor(nfe / 3) + 1
-    ts = torch.linspace(t_start, t_end, m + 1, device=x.device)
+    ts = torch.linspace(t_start, t_end, m + 1)  # on the host: the step control reads it
     orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
     for i, order in enumerate(orders):
         cache: dict = {}
@@ -130,6 +131,7 @@ class PIDStepSize:
 def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3, rtol=0.05,
                         atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81,
                         eta=0.0, s_noise=1.0, noise_sampler=None):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     if order not in (2, 3):

@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import (ancestral_step, extra, half_log_snr, sigma_from_half_log_snr,
+from models.sampling.k_common import (host_sigmas, ancestral_step, extra, half_log_snr, sigma_from_half_log_snr,
                                       step, unit_batch)
 from models.sampling.noise import BrownianTreeNoise
 
@@ -21,6 +21,7 @@ def _tree(x, sigmas, extra_args, noise_sampler, cpu):
 
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     old_denoised = None
     for i in range(len(sigmas) - 1):
@@ -42,6 +43,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @torch.no_grad()
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                      eta=1.0, s_noise=1.0, noise_sampler=None, r=1 / 2, cpu_tree=True):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     extra_args, s_in = extra(extra_args), unit_batch(x)
@@ -80,6 +82,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                         eta=1.0, s_noise=1.0, noise_sampler=None, solver_type="midpoint", cpu_tree=True):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     if solver_type not in ("heun", "midpoint"):
@@ -113,6 +116,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                         eta=1.0, s_noise=1.0, noise_sampler=None, cpu_tree=True):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     extra_args, s_in = extra(extra_args), unit_batch(x)

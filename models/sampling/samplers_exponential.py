@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import extra, half_log_snr, sigma_from_half_log_snr, step, unit_batch
+from models.sampling.k_common import host_sigmas, extra, half_log_snr, sigma_from_half_log_snr, step, unit_batch
 from models.sampling.noise import default_noise_sampler
 
 
@@ -32,6 +32,7 @@ def er_noise_scaler(v):
 @torch.no_grad()
 def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0,
                   noise_sampler=None, noise_scaler=None, max_stage=3):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     scaler = er_noise_scaler if noise_scaler is None else noise_scaler
@@ -73,6 +74,7 @@ def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None
 @torch.no_grad()
 def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                    noise_sampler=None, r=0.5, solver_type="phi_1"):
+    sigmas = host_sigmas(sigmas)
     if solver_type not in ("phi_1", "phi_2"):
         raise ValueError("solver_type must be 'phi_1' or 'phi_2'")
     extra_args, s_in = extra(extra_args), unit_batch(x)
@@ -127,6 +129,7 @@ def sample_exp_heun_2_x0_sde(model, x, sigmas, extra_args=None, callback=None, d
 @torch.no_grad()
 def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                    noise_sampler=None, r_1=1.0 / 3, r_2=2.0 / 3):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     noise = _noise(x, extra_args, noise_sampler)
     inject = eta > 0 and s_noise > 0

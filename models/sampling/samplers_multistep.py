@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import extra, step, unit_batch
+from models.sampling.k_common import host_sigmas, extra, step, unit_batch
 
 
 def _push(history: list, d: torch.Tensor, keep: int) -> None:
@@ -27,6 +27,7 @@ def _ab_fixed(order, dt, d, h):
 
 @torch.no_grad()
 def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     history: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
@@ -72,6 +73,7 @@ def _ab_variable(order, t, i, d, h):
 
 @torch.no_grad()
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     history: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
@@ -104,6 +106,7 @@ def _vp_time(sigmas: torch.Tensor, eps_s=1e-3, sigma_min=0.002, sigma_max=80.0):
 def deis_coefficients(sigmas: torch.Tensor, max_order: int, n: int = 10000) -> list[list]:
     """Per step, the weights of the current and previous derivatives ('tab' mode): the
     Lagrange basis on past times integrated against -0.5 dlog(alpha)/dt / sqrt(alpha(1-alpha))."""
+    sigmas = host_sigmas(sigmas)
     t, b0, b1 = _vp_time(sigmas)
     out = []
     for i in range(len(t) - 1):
@@ -130,6 +133,7 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int, n: int = 10000) -> l
 
 @torch.no_grad()
 def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     coeffs = deis_coefficients(sigmas, max_order)
     history: list[torch.Tensor] = []

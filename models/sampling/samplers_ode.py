@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import churn, extra, step, to_d, unit_batch
+from models.sampling.k_common import host_sigmas, churn, extra, step, to_d, unit_batch
 
 INF = float("inf")
 
@@ -11,6 +11,7 @@ INF = float("inf")
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     for i in range(len(sigmas) - 1):
         x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -24,6 +25,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
                 s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     for i in range(len(sigmas) - 1):
         x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -44,6 +46,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
 def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                    s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0):
     """Heun++: a third evaluation, weighted by how far along the schedule the step is."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     s_end = sigmas[-1]
     for i in range(len(sigmas) - 1):
@@ -83,6 +86,7 @@ def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=Non
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=INF, s_noise=1.0):
     """Second order via the derivative at the log-midpoint sigma."""
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     for i in range(len(sigmas) - 1):
         x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -116,6 +120,7 @@ def lms_coefficient(order: int, t, i: int, j: int) -> float:
 
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    sigmas = host_sigmas(sigmas)
     extra_args, s_in = extra(extra_args), unit_batch(x)
     t = sigmas.detach().cpu().numpy()
     history = []

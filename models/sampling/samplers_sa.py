@@ -7,7 +7,8 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import extra, half_log_snr, model_sampling_of, step, unit_batch
+from models.sampling.k_common import (extra, half_log_snr, host_sigmas, model_sampling_of, on_device, step,
+                                      unit_batch)
 from models.sampling.model_sampling import DiscreteSchedule
 from models.sampling.noise import default_noise_sampler
 
@@ -64,6 +65,7 @@ def tau_window(start_sigma: float, end_sigma: float, eta: float = 1.0):
 def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=False, tau_func=None,
                      s_noise=1.0, noise_sampler=None, predictor_order=3, corrector_order=4,
                      use_pece=False, simple_order_2=False):
+    sigmas = host_sigmas(sigmas)
     if len(sigmas) <= 1:
         return x
     extra_args, s_in = extra(extra_args), unit_batch(x)
@@ -76,7 +78,7 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=F
     x_pred = x
     h, tau_t, noise = 0.0, 0.0, 0.0
     history: list[torch.Tensor] = []
-    taper = sigmas[-1].item() == 0  # lower the order near the end for stability
+    taper = sigmas[-1].item() == 0  # lower the order near the end for stability (host sigmas: no sync)
     for i in range(len(sigmas) - 1):
         denoised = model(x_pred, sigmas[i] * s_in, **extra_args)
         if callback is not None:
@@ -93,7 +95,7 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=F
         else:
             b = adams_coefficients(sigmas[i], lambdas[i - c_order + 1:i + 1], lambdas[i - 1], lambdas[i],
                                    tau_t, simple_order_2, corrector=True)
-            mix = torch.tensordot(torch.stack(history[-c_order:], dim=1), b, dims=([1], [0]))
+            mix = torch.tensordot(torch.stack(history[-c_order:], dim=1), on_device(b, x), dims=([1], [0]))
             x = sigmas[i] / sigmas[i - 1] * (-(tau_t ** 2) * h).exp() * x + mix
             if tau_t > 0 and s_noise > 0:
                 x = x + noise
@@ -107,7 +109,7 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=F
         tau_t = tau_func(sigmas[i + 1])
         b = adams_coefficients(sigmas[i + 1], lambdas[i - p_order + 1:i + 1], lambdas[i], lambdas[i + 1],
                                tau_t, simple_order_2, corrector=False)
-        mix = torch.tensordot(torch.stack(history[-p_order:], dim=1), b, dims=([1], [0]))
+        mix = torch.tensordot(torch.stack(history[-p_order:], dim=1), on_device(b, x), dims=([1], [0]))
         h = lambdas[i + 1] - lambdas[i]
         x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t ** 2) * h).exp() * x + mix
         if tau_t > 0 and s_noise > 0:

@@ -2,14 +2,17 @@
 data prediction, B(h) = h (bh1) or e^h - 1 (bh2), order <= 3 with lower order at the end.
 
 Runs in VP coordinates with the sigma itself as the time label, as ComfyUI's port does:
-alpha = 1/sqrt(1 + sigma^2), the last sigma 0 replaced by 0.001."""
+alpha = 1/sqrt(1 + sigma^2), the last sigma 0 replaced by 0.001.
+
+The times and every coefficient are computed on the host (no sync per step); what meets
+the latent goes over with an asynchronous copy."""
 from __future__ import annotations
 
 from functools import partial
 
 import torch
 
-from models.sampling.k_common import extra
+from models.sampling.k_common import extra, host_sigmas, on_device
 
 
 def _log_alpha(sigma):
@@ -37,6 +40,7 @@ def _update(data_fn, x, model_prev, t_prev, t, order, variant, use_corrector):
     """One UniPC step from t_prev[-1] to t: predictor from the stored estimates, then
     (optionally) corrector with the fresh estimate at t. Returns (x_t, model_t or None)."""
     ndim = x.dim()
+    dev = lambda v: on_device(_bcast(v, ndim), x)  # noqa: E731 - a host [B] factor onto the latent
     lam_prev0, lam_t = _lambda(t_prev[-1]), _lambda(t)
     m0 = model_prev[-1]
     sigma_prev0, sigma_t = _std(t_prev[-1]), _std(t)
@@ -49,7 +53,7 @@ def _update(data_fn, x, model_prev, t_prev, t, order, variant, use_corrector):
         rks.append(rk)
         d1s.append((model_prev[-(i + 1)] - m0) / rk)
     rks.append(1.0)
-    rks = torch.tensor(rks, device=x.device)
+    rks = torch.tensor(rks)
 
     hh = -h[0]
     h_phi_1 = torch.expm1(hh)
@@ -62,27 +66,28 @@ def _update(data_fn, x, model_prev, t_prev, t, order, variant, use_corrector):
         fact *= i + 1
         h_phi_k = h_phi_k / hh - 1 / fact
     R = torch.stack(rows)
-    b = torch.tensor(b, device=x.device)
+    b = torch.tensor(b)
 
     D1s = torch.stack(d1s, dim=1) if d1s else None
     if D1s is not None:
-        rhos_p = torch.tensor([0.5], device=x.device) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+        rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
     if use_corrector:
-        rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(R, b)
+        rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(R, b)
 
-    x_base = _bcast(sigma_t / sigma_prev0, ndim) * x - _bcast(alpha_t * h_phi_1, ndim) * m0
-    pred = torch.tensordot(D1s, rhos_p, dims=([1], [0])) if D1s is not None else 0
-    x_t = x_base - _bcast(alpha_t * b_h, ndim) * pred
+    x_base = dev(sigma_t / sigma_prev0) * x - dev(alpha_t * h_phi_1) * m0
+    pred = torch.tensordot(D1s, on_device(rhos_p, x), dims=([1], [0])) if D1s is not None else 0
+    x_t = x_base - dev(alpha_t * b_h) * pred
     model_t = None
     if use_corrector:
         model_t = data_fn(x_t, t)
-        corr = torch.tensordot(D1s, rhos_c[:-1], dims=([1], [0])) if D1s is not None else 0
-        x_t = x_base - _bcast(alpha_t * b_h, ndim) * (corr + rhos_c[-1] * (model_t - m0))
+        corr = torch.tensordot(D1s, on_device(rhos_c[:-1], x), dims=([1], [0])) if D1s is not None else 0
+        x_t = x_base - dev(alpha_t * b_h) * (corr + rhos_c[-1] * (model_t - m0))
     return x_t, model_t
 
 
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=False, variant="bh1"):
+    sigmas = host_sigmas(sigmas)
     extra_args = extra(extra_args)
     ts = sigmas.clone()
     if ts[-1] == 0:
@@ -92,6 +97,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=False
         # VP input -> the model's sigma-space input -> eps -> data prediction in VP space
         if t.reshape(-1).shape[0] == 1:
             t = t.expand(x_vp.shape[0])
+        t = on_device(t, x_vp)
         sigma = t.view(t.shape[:1] + (1,) * (x_vp.ndim - 1))
         x_in = x_vp * ((sigma ** 2 + 1.0) ** 0.5)
         eps = (x_in - model(x_in, t, **extra_args)) / sigma
