@@ -213,6 +213,23 @@ class ClassicCache:
     def clear(self):
         self.root = _Level()
 
+    def shared_view(self) -> "ClassicCache":
+        """The cache of one prompt of a --batch-prompts group: keys of its own, this cache's
+        stored values (so the members share loaded models), nothing dropped until adopt()."""
+        view = _SharedClassicView(self.make_key)
+        view.root.values = self.root.values
+        return view
+
+    def adopt(self, view: "ClassicCache") -> None:
+        """After a group: keep what its last prompt used, as if that prompt had run alone."""
+        self.root.keys, self.root.child_of = dict(view.root.keys), dict(view.root.child_of)
+        self.clean_unused()
+
+
+class _SharedClassicView(ClassicCache):
+    def clean_unused(self):
+        pass  # the other members' values are in the same store
+
 
 class LRUCache(ClassicCache):
     """One flat store across prompts. Each prompt is a generation; every key a prompt uses is
@@ -355,6 +372,12 @@ class NullCache:
     def clear(self):
         pass
 
+    def shared_view(self):
+        return self
+
+    def adopt(self, view):
+        pass
+
 
 class CacheSet:
     """The output cache and the node-instance cache, per the --cache-* policy."""
@@ -372,3 +395,18 @@ class CacheSet:
             else:
                 self.outputs = ClassicCache(signature_key)
         self.all = [self.outputs, self.objects]
+
+    def shares_across_prompts(self) -> bool:
+        """Whether shared_view() is possible (classic and none; LRU/RAM keep per-key stamps)."""
+        return all(type(c) in (ClassicCache, NullCache) for c in self.all)
+
+    def shared_view(self) -> "CacheSet":
+        view = CacheSet.__new__(CacheSet)
+        view.ram_headroom = self.ram_headroom
+        view.outputs, view.objects = self.outputs.shared_view(), self.objects.shared_view()
+        view.all = [view.outputs, view.objects]
+        return view
+
+    def adopt(self, view: "CacheSet") -> None:
+        self.outputs.adopt(view.outputs)
+        self.objects.adopt(view.objects)

@@ -104,16 +104,28 @@ class PromptQueue:
                 self.not_empty.wait(timeout=timeout)
                 if timeout is not None and not self.queue:
                     return None
-            item = heapq.heappop(self.queue)
-            key = self._keys.pop(id(item), None)
-            if key is not None:
-                self._save(self.store.mark_running, key)
-            item_id = self.task_counter
-            self.running_keys[item_id] = key
-            self.currently_running[item_id] = copy.deepcopy(item)
-            self.task_counter += 1
-            self.on_change()
-            return item, item_id
+            return self._start_next()
+
+    def _start_next(self):
+        item = heapq.heappop(self.queue)
+        key = self._keys.pop(id(item), None)
+        if key is not None:
+            self._save(self.store.mark_running, key)
+        item_id = self.task_counter
+        self.running_keys[item_id] = key
+        self.currently_running[item_id] = copy.deepcopy(item)
+        self.task_counter += 1
+        self.on_change()
+        return item, item_id
+
+    def take_matching(self, predicate: Callable[[tuple], bool], limit: int) -> list:
+        """Start up to `limit` more jobs from the front of the queue, in order, while they match
+        (--batch-prompts: the jobs that can join the running group)."""
+        taken = []
+        with self.mutex:
+            while self.queue and len(taken) < limit and predicate(self.queue[0]):
+                taken.append(self._start_next())
+        return taken
 
     def task_done(self, item_id: int, history_result: dict, status: Optional[ExecutionStatus]) -> None:
         """Move a running job into history. `history_result` holds "outputs" and "meta"."""

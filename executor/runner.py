@@ -248,6 +248,13 @@ class PromptExecutor:
         self.current_node = None
         self.reset()
 
+    def member_executor(self) -> "PromptExecutor":
+        """An executor for one prompt of a --batch-prompts group: its own run state, caches that
+        share this executor's stored results."""
+        member = PromptExecutor(self.sink, self.cache_mode, self.lru_size, self.on_out_of_memory, self.ram_headroom)
+        member.caches = self.caches.shared_view()
+        return member
+
     def reset(self):
         """Forget every cached result and node instance (POST /free with free_memory)."""
         self.caches = CacheSet(self.cache_mode, self.lru_size, self.ram_headroom)

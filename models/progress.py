@@ -19,21 +19,50 @@ class InterruptedError_(Exception):
 InterruptProcessingException = InterruptedError_
 
 _interrupt = threading.Event()
+# With --batch-prompts several prompts run at once, one thread each: such a thread is *bound*
+# to its own interrupt flag and progress hook (bind_thread), and sees the global flag as well.
+_local = threading.local()
+
+
+def bind_thread(interrupt: threading.Event | None) -> None:
+    """Give this thread its own interrupt flag and progress hook (None: back to the globals)."""
+    _local.interrupt = interrupt
+    _local.hook = None
+
+
+def _bound_flag() -> threading.Event | None:
+    return getattr(_local, "interrupt", None)
+
+
+def thread_bound() -> bool:
+    """Whether this thread runs one prompt of a --batch-prompts group."""
+    return _bound_flag() is not None
 
 
 def request_interrupt(value: bool = True) -> None:
+    """Set the global flag, or clear this thread's flag (the global one when unbound)."""
     if value:
         _interrupt.set()
+    elif _bound_flag() is not None:
+        _bound_flag().clear()  # a prompt starting in a group must not clear the others' interrupt
     else:
         _interrupt.clear()
 
 
 def interrupt_requested() -> bool:
-    return _interrupt.is_set()
+    bound = _bound_flag()
+    return _interrupt.is_set() or (bound is not None and bound.is_set())
 
 
 def check_interrupted() -> None:
-    """Raise InterruptProcessingException (clearing the flag) if an interrupt is pending."""
+    """Raise InterruptProcessingException (clearing the flag) if an interrupt is pending.
+    A bound thread leaves the global flag set for the other prompts of its group."""
+    bound = _bound_flag()
+    if bound is not None:
+        if bound.is_set() or _interrupt.is_set():
+            bound.clear()
+            raise InterruptProcessingException()
+        return
     if _interrupt.is_set():
         _interrupt.clear()
         raise InterruptProcessingException()
@@ -47,10 +76,15 @@ _hook: Optional[ProgressHook] = None
 
 def set_progress_hook(hook: Optional[ProgressHook]) -> None:
     global _hook
-    _hook = hook
+    if _bound_flag() is not None:
+        _local.hook = hook
+    else:
+        _hook = hook
 
 
 def get_progress_hook() -> Optional[ProgressHook]:
+    if _bound_flag() is not None:
+        return _local.hook
     return _hook
 
 
@@ -59,11 +93,12 @@ def report_progress(value: float, total: float, preview=None, node_id: str | Non
     """Report progress of the current node; also the place where interrupts are noticed.
     legacy_event=False updates only the per-node state (V3 set_progress), no `progress` event."""
     check_interrupted()
-    if _hook is not None:
+    hook = get_progress_hook()
+    if hook is not None:
         if legacy_event:
-            _hook(value, total, preview, node_id)
+            hook(value, total, preview, node_id)
         else:
-            _hook(value, total, preview, node_id, send_progress=False)
+            hook(value, total, preview, node_id, send_progress=False)
 
 
 class ProgressBar:

@@ -124,7 +124,8 @@ def _setup_execution(app: web.Application, args, hub: WebSocketHub) -> None:
     queue = PromptQueue(on_change=broadcast_status, max_history=args.max_history, store=store)
     mode, lru = cache_mode(args)
     executor = PromptExecutor(hub, cache_mode=mode, lru_size=lru, ram_headroom=args.cache_ram or 0.0)
-    worker = Worker(queue, executor, hub, free_models=memory.release_all)  # POST /free unloads models
+    worker = Worker(queue, executor, hub, free_models=memory.release_all,  # POST /free unloads models
+                    batch_prompts=getattr(args, "batch_prompts", False))
     app[QUEUE], app[EXECUTOR], app[WORKER] = queue, executor, worker
     hub.queue_remaining = queue.get_tasks_remaining
     hub.current_executing = worker.current_node_for

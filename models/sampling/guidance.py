@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from models.sampling import prompt_batching
+
 FEATHER = 8
 
 
@@ -156,8 +158,8 @@ def calc_cond_batch(model, conds: list, x: torch.Tensor, sigma: torch.Tensor, mo
         if "model_function_wrapper" in model_options:
             result = model_options["model_function_wrapper"](
                 model.apply_model, {"input": input_x, "timestep": sigma_batch, "c": c, "cond_or_uncond": which})
-        else:
-            result = model.apply_model(input_x, sigma_batch, **c)
+        else:  # with --batch-prompts, batched with other prompts' calls (plain call otherwise)
+            result = prompt_batching.apply_model(model, input_x, sigma_batch, c)
         for part, chunk, index in zip(result.chunk(len(which)), chunks, which):
             if chunk.area is None:
                 out[index] += part * chunk.mult

@@ -16,7 +16,7 @@ import uuid
 import torch
 
 from models import devices, memory
-from models.sampling import schedulers
+from models.sampling import prompt_batching, schedulers
 from models.sampling.conds import reshape_mask
 from models.sampling.guidance import sampling_function
 from models.sampling.samplers import get_sampler
@@ -208,6 +208,11 @@ class CFGGuider:
         """`sampler`: a KSamplerObject or a sampler name."""
         if sigmas.shape[-1] == 0:
             return latent_image
+        # with --batch-prompts, wait until the shared weights may carry this patcher's LoRA set
+        with prompt_batching.session(self.patcher):
+            return self._sample_on_device(noise, latent_image, sampler, sigmas, denoise_mask, callback, seed)
+
+    def _sample_on_device(self, noise, latent_image, sampler, sigmas, denoise_mask, callback, seed):
         # the UNet and the ControlNets onto the compute device, with room for a CFG batch
         models_used = [self.patcher] + _controls(self.original_conds)
         need = _memory_required(self.patcher, noise.shape)

@@ -6,9 +6,12 @@ the progress hook carries to the WebSocket."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 from PIL import Image
+
+from models import progress
 
 METHODS = ("none", "auto", "latent2rgb", "taesd")
 log = logging.getLogger(__name__)
@@ -17,6 +20,7 @@ log = logging.getLogger(__name__)
 # the method for that prompt only (set_prompt_override).
 _default = {"method": "none", "size": 512}
 _override: dict = {"method": None}
+_thread_override = threading.local()  # threads of a --batch-prompts group: one prompt each
 
 
 def configure(method: str = "none", size: int = 512) -> None:
@@ -25,11 +29,16 @@ def configure(method: str = "none", size: int = 512) -> None:
 
 def set_prompt_override(method: str | None) -> None:
     """Per-prompt choice; None or "default" falls back to the server setting."""
-    _override["method"] = method if method in METHODS else None
+    chosen = method if method in METHODS else None
+    if progress.thread_bound():
+        _thread_override.method = chosen
+    else:
+        _override["method"] = chosen
 
 
 def active_method() -> str:
-    return _override["method"] or _default["method"]
+    override = getattr(_thread_override, "method", None) if progress.thread_bound() else _override["method"]
+    return override or _default["method"]
 
 
 def to_image(rgb: torch.Tensor, scaled: bool = True) -> Image.Image:

@@ -8,7 +8,6 @@ import uuid
 from aiohttp import web
 
 from executor.validation import validate_prompt
-from models import progress
 from server.app_keys import QUEUE, WORKER
 from server.routes._common import BadRequest, bad_request, read_json
 
@@ -80,12 +79,9 @@ async def _interrupt(request: web.Request) -> web.Response:
     except BadRequest:
         body = {}  # ComfyUI treats a non-JSON body as {}
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-    if prompt_id:
-        running = request.app[WORKER].running_prompt_id
-        if running != prompt_id:
-            log.info("interrupt for %s ignored: running is %s", prompt_id, running)
-            return web.Response(status=200)
-    progress.request_interrupt(True)
+    worker = request.app[WORKER]
+    if not worker.interrupt(prompt_id or None):
+        log.info("interrupt for %s ignored: running is %s", prompt_id, list(worker.running))
     return web.Response(status=200)
 
 
