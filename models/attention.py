@@ -5,14 +5,119 @@ Attention goes through torch's scaled_dot_product_attention. The ComfyUI transfo
 patch points used by custom nodes (IP-Adapter style) are honoured: `attn1_patch`,
 `attn1_output_patch`, `attn2_patch`, `attn2_output_patch`, `middle_patch` and the
 `patches_replace` entries `attn1` / `attn2` keyed by (block kind, block id[, index]).
+
+Speed, with the numbers of the plain path (tests/test_attention_speed.py):
+- fused QKV: self-attention projects q, k and v in one matmul. The three weights are
+  re-pointed, once, at consecutive rows of one [3*inner, dim] tensor, so the fused weight is
+  a view of them: no second copy in memory, the state-dict keys and tensors stay
+  `to_q/to_k/to_v.weight`, and LoRA patches written in place are seen at once. A weight
+  swapped for another tensor (a widening patch, a restore, a move between devices) breaks
+  the adjacency, and the next call re-fuses; weights not on the input's device (streamed per
+  call with --lowvram) or of mixed dtypes run as three matmuls. On CUDA by default.
+- SDPA backends: on CUDA the fused kernels come first (flash, memory-efficient, cuDNN), the
+  math kernel last; the choice for each dtype/head size is logged once.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models import ops
+
+log = logging.getLogger(__name__)
+
+# device types whose self-attention projects q, k, v in one matmul (set_fused_qkv changes it)
+_FUSED_QKV_DEVICES = {"cuda"}
+
+
+def set_fused_qkv(device_types) -> set:
+    """Device types ("cuda", "cpu") that fuse the q/k/v projections; returns the previous set."""
+    global _FUSED_QKV_DEVICES
+    previous, _FUSED_QKV_DEVICES = _FUSED_QKV_DEVICES, set(device_types)
+    return previous
+
+
+def _adjacent_rows(ws) -> bool:
+    """Are the weights consecutive row blocks of one contiguous tensor?"""
+    first = ws[0]
+    if not first.is_contiguous():
+        return False
+    base = first.untyped_storage().data_ptr()
+    offset = first.storage_offset()
+    for w in ws:
+        if not w.is_contiguous() or w.untyped_storage().data_ptr() != base or w.storage_offset() != offset:
+            return False
+        offset += w.numel()
+    return True
+
+
+@torch.no_grad()
+def fused_weight(linears, x: torch.Tensor) -> torch.Tensor | None:
+    """The [sum of out, in] weight of `linears` as one tensor (a view of their weights), fusing
+    them on first use; None where they cannot be fused for an input like x."""
+    ws = [m.weight for m in linears]
+    w0 = ws[0]
+    if any(m.bias is not None for m in linears) or any(
+            w.device != x.device or w.dtype != w0.dtype or w.shape[1:] != w0.shape[1:] for w in ws):
+        return None
+    if not _adjacent_rows(ws):
+        fused = torch.cat([w.detach() for w in ws])
+        start = 0
+        for w in ws:  # the parameters stay (same objects, same keys), their data moves into `fused`
+            w.data = fused[start:start + w.shape[0]]
+            start += w.shape[0]
+    rows = sum(w.shape[0] for w in ws)
+    return w0.detach().as_strided((rows,) + tuple(w0.shape[1:]), w0.stride())
+
+
+# -- scaled dot-product attention ------------------------------------------------------------
+
+_SDPA = {"configured": False, "reported": set()}
+# the fused kernels first; math only where none applies (fp32 on flash, odd head sizes, masks)
+_PREFERRED = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+
+
+def _prefer_fused_sdpa() -> list:
+    """Once per process, on CUDA: every backend enabled, in the order of _PREFERRED."""
+    from torch.nn.attention import SDPBackend
+    order = [getattr(SDPBackend, n) for n in _PREFERRED if hasattr(SDPBackend, n)]
+    _SDPA["configured"] = True
+    try:
+        for name in ("flash", "mem_efficient", "cudnn", "math"):
+            getattr(torch.backends.cuda, f"enable_{name}_sdp", lambda on: None)(True)
+        current = list(torch._C._get_sdp_priority_order())
+        wanted = [int(b) for b in order]
+        torch._C._set_sdp_priority_order(wanted + [b for b in current if b not in wanted])
+    except (AttributeError, RuntimeError) as e:  # an older or newer torch: its own default order
+        log.info("attention: could not set the SDPA backend order (%s); using torch's default", e)
+    _SDPA["order"] = order
+    return order
+
+
+def _report_sdpa(q, k, v, mask) -> None:
+    """Log once per (dtype, head size, mask) which backend SDPA picks on this device."""
+    key = (q.device.type, q.dtype, q.shape[-1], mask is not None)
+    if key in _SDPA["reported"]:
+        return
+    _SDPA["reported"].add(key)
+    picked = "math"
+    try:
+        params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, False, False)
+        checks = {"FLASH_ATTENTION": torch.backends.cuda.can_use_flash_attention,
+                  "EFFICIENT_ATTENTION": torch.backends.cuda.can_use_efficient_attention,
+                  "CUDNN_ATTENTION": getattr(torch.backends.cuda, "can_use_cudnn_attention", None)}
+        for backend in _SDPA.get("order", []):
+            check = checks.get(backend.name)
+            if check is not None and check(params, False):
+                picked = backend.name.lower()
+                break
+    except (AttributeError, RuntimeError, TypeError) as e:
+        picked = f"unknown ({e})"
+    log.info("attention: SDPA on %s, %s, %d-dim heads%s -> %s", q.device, str(q.dtype).replace("torch.", ""),
+             q.shape[-1], ", masked" if mask is not None else "", picked)
 
 
 def attention(q, k, v, heads: int, mask=None) -> torch.Tensor:
@@ -28,6 +133,10 @@ def attention(q, k, v, heads: int, mask=None) -> torch.Tensor:
             mask = mask.unsqueeze(0)
         if mask.ndim == 3:
             mask = mask.unsqueeze(1)
+    if q.is_cuda:
+        if not _SDPA["configured"]:
+            _prefer_fused_sdpa()
+        _report_sdpa(q, k, v, mask)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, -1, inner)
 
@@ -45,9 +154,22 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, context=None, value=None, mask=None):
         context = x if context is None else context
-        q, k = self.to_q(x), self.to_k(context)
-        v = self.to_v(context if value is None else value)
+        value = context if value is None else value
+        qkv = self._fused_qkv(x) if context is x and value is x else None
+        if qkv is not None:
+            q, k, v = qkv
+        else:
+            q, k, v = self.to_q(x), self.to_k(context), self.to_v(value)
         return self.to_out(attention(q, k, v, self.heads, mask))
+
+    def _fused_qkv(self, x):
+        """Self-attention's q, k, v from one matmul, or None (off for this device, compiling)."""
+        if x.device.type not in _FUSED_QKV_DEVICES or torch.compiler.is_compiling():
+            return None
+        w = fused_weight((self.to_q, self.to_k, self.to_v), x)
+        if w is None:
+            return None
+        return F.linear(x, ops.cast_like(w, x)).chunk(3, dim=-1)
 
 
 class GEGLU(nn.Module):
