@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from models import unclip
+from models import compiled, unclip
 from models.resize import common_upscale
 from models.sampling.conds import Cond, CondCrossAttn, CondNoiseShape, repeat_to_batch_size
 from models.sampling.model_sampling import DiscreteSchedule
@@ -129,8 +129,12 @@ class DiffusionModel(torch.nn.Module):
         t = ms.timestep(sigma).float()
         context = c_crossattn.to(xc.device, dtype) if c_crossattn is not None else None
         extra = {k: (v.to(xc.device, dtype) if torch.is_tensor(v) else v) for k, v in extra.items()}
-        out = self.diffusion_model(xc, t, context=context, control=control,
-                                   transformer_options=transformer_options or {}, **extra)
+        if compiled.active():  # --compile: a compiled graph per shape, eager where it cannot apply
+            out = compiled.run_unet(self.diffusion_model, xc, t, context=context, control=control,
+                                    transformer_options=transformer_options, **extra)
+        else:
+            out = self.diffusion_model(xc, t, context=context, control=control,
+                                       transformer_options=transformer_options or {}, **extra)
         return ms.calculate_denoised(sigma, out.float(), x)
 
     def memory_required(self, shape) -> float:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import devices, memory, ops
+from models import compiled, devices, memory, ops
 from models.state_dict import as_source
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ class VAE:
         memory.load_models([self], self.memory_used_decode(*latent.shape[2:]))
         out = []
         step = self._per_chunk(*latent.shape[2:])
-        run = self.first_stage_model.decode
+        run = compiled.vae_decoder(self.first_stage_model)  # its own decode unless --compile
         for i in range(0, latent.shape[0], step):
             part = latent[i:i + step]
             x = self._finite_or_upcast(run(part.to(self.device, self.vae_dtype)), run, part)
