@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ops
+from models import memory, ops
 from models.clip_text import EncoderLayer, openclip_layer_to_hf
 from models.state_dict import ModelFileError, TensorSource, as_source
 
@@ -187,6 +187,7 @@ class ClipVisionModel:
         self.image_size = tower.config.image_size
         self.image_mean, self.image_std = list(CLIP_MEAN), list(CLIP_STD)
         self.load_device = torch.device("cpu") if load_device is None else torch.device(load_device)
+        self.offload_device = torch.device("cpu")
         self.output_device = torch.device(output_device)
         self.return_all_hidden_states = False
 
@@ -195,9 +196,9 @@ class ClipVisionModel:
         return self.config.title
 
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> Output:
+        memory.load_models([self])  # onto load_device (the manager may move it off later)
         pixels = clip_preprocess(image.to(self.load_device), self.image_size, self.image_mean, self.image_std,
                                  crop=crop).float()
-        self.model.to(self.load_device)
         with torch.no_grad():
             last, penultimate, embeds, projected = self.model(pixels)
         out = Output()

@@ -131,12 +131,19 @@ class Entry:
 
     def place(self, budget: float) -> int:
         """Put as many weights on the device as `budget` bytes allow (all of them for an
-        infinite budget), the rest on the offload device; returns the bytes now resident."""
+        infinite budget), the rest on the offload device; returns the bytes now resident.
+        A budget of None unloads: every weight to the offload device."""
         mods = self.modules()
         if mods is None:
             return 0
         target, rest = self.device.torch_device, self.offload_device
         leaves = [m for mod in mods for m in _leaves(mod)]
+        if budget is None:
+            for m in leaves:
+                _move(m, rest)
+            self.device.track(-self.resident)
+            self.resident = 0
+            return 0
         # layers that cannot stream always go to the device, and count against the budget first
         fixed = [m for m in leaves if not isinstance(m, STREAMABLE)]
         used = sum(_own_bytes(m) for m in fixed)
@@ -214,7 +221,7 @@ class MemoryManager:
                 if smart and device.free_memory() >= required:
                     break
                 log.debug("unloading %s", e.name)
-                e.place(0)
+                e.place(None)
                 unloaded.append(e)
                 self.events.append(("unload", e.name))
             if unloaded:
@@ -274,7 +281,7 @@ class MemoryManager:
         with self._lock:
             e = self.entries.pop(tuple(id(m) for m in unit.modules), None)
             if e is not None and e.modules() is not None and e.resident:
-                e.place(0)
+                e.place(None)
                 self.events.append(("unload", e.name))
 
     def unload_all(self) -> None:

@@ -5,7 +5,7 @@ precision, using models/devices.py's policy, and register it with the memory man
 takes part in LRU eviction from the start:
 
     patcher = place_unet(diffusion_model)      # ModelPatcher with load/offload devices
-    place_vae(vae); place_clip(clip); place_controlnet(control)
+    place_vae(vae); place_clip(clip); place_controlnet(control); place_clip_vision(cv)
 
 `initial_device(nbytes)` is where a loader should read the tensors to: straight onto the GPU
 (in the target dtype, no second copy in RAM) when the model fits with room to spare,
@@ -87,3 +87,13 @@ def place_controlnet(control):
         control.load_device = devices.unet_device()
         memory.manager().register(control)
     return control
+
+
+def place_clip_vision(clip_vision):
+    """CLIP vision runs where the text encoders run (ComfyUI: text_encoder_device), weights kept as
+    loaded, and takes part in LRU eviction like the other models."""
+    if clip_vision is not None:
+        clip_vision.load_device = devices.text_encoder_device()
+        clip_vision.offload_device = devices.offload_device()
+        memory.manager().register(clip_vision)
+    return clip_vision

@@ -19,6 +19,7 @@ import types
 
 import torch
 
+from models import devices, memory
 from models.progress import ProgressBar
 from models.state_dict import ModelFileError, load_state_dict
 from models.tiling import tile_count, tiled_scale
@@ -136,17 +137,34 @@ def load_upscale_model(path: str):
     return load_upscale_model_from_state_dict(sd, os.path.basename(path))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def memory_unit(descriptor) -> "memory.Unit":
+    """The memory manager's view of an upscale model: it runs on the compute device and stays
+    there while it fits (the same Unit every call, as its module is the same)."""
+    name = getattr(getattr(descriptor, "architecture", None), "name", "model")
+    return memory.Unit(f"upscale:{name}", [descriptor.model], devices.compute_device().torch_device, devices.offload_device())
+
+
+def working_memory(descriptor, image: torch.Tensor, tile: int) -> float:
+    """ComfyUI's estimate for one tile pass: the tile's activations grow with the scale."""
+    return tile * tile * 3 * image.element_size() * max(descriptor.scale, 1.0) * 384.0 + \
+        image.nelement() * image.element_size()
 
 
 def upscale_image(descriptor, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP,
                   device=None, min_tile: int = MIN_TILE) -> torch.Tensor:
     """IMAGE [B,H,W,C] -> IMAGE [B,H*s,W*s,C'] clamped to 0..1, computed in tiles of `tile`
     pixels overlapping by `overlap`; an out-of-memory error halves the tile (not below
-    `min_tile`) and starts again. The model goes back to the CPU afterwards."""
-    device = torch.device(device) if device is not None else default_device()
-    descriptor.to(device)
+    `min_tile`) and starts again. The memory manager places the model on the compute device
+    (and keeps it there while it fits); an explicit `device` runs it there and puts it back."""
+    if device is None:
+        memory.load_models([memory_unit(descriptor)], working_memory(descriptor, image, tile))
+        device = next(descriptor.model.parameters()).device
+        restore = None
+    else:
+        device = torch.device(device)
+        model = getattr(descriptor, "model", None)
+        restore = next(model.parameters()).device if model is not None else torch.device("cpu")
+        descriptor.to(device)
     pixels = image.movedim(-1, -3).to(device)
     try:
         while True:
@@ -160,8 +178,9 @@ def upscale_image(descriptor, image: torch.Tensor, tile: int = TILE, overlap: in
                 tile //= 2
                 if tile < min_tile:
                     raise
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                memory.soft_empty_cache()
     finally:
-        descriptor.to("cpu")
+        if restore is not None:
+            descriptor.to(restore)
+    out = out.to(devices.intermediate_device())
     return torch.clamp(out.movedim(-3, -1), min=0.0, max=1.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from models import folders
+from models import folders, placement
 from models.clip_vision import UNCLIP_PREFIX, UnknownVisionModelError, has_vision_tower, load_clip_vision
 from models.state_dict import ModelFileError, open_state_dict
 from models.style_model import load_style_model
@@ -35,7 +35,7 @@ class CLIPVisionLoader:
     def load_clip(self, clip_name):
         path = folders.get_full_path_or_raise("clip_vision", clip_name)
         try:
-            return (load_clip_vision(path),)
+            return (placement.place_clip_vision(load_clip_vision(path)),)
         except ModelFileError as e:
             raise RuntimeError(f"ERROR: clip vision file is invalid and does not contain a valid vision model: "
                                f"{e}") from e
@@ -172,7 +172,7 @@ def clip_vision_of_checkpoint(path: str):
         if not has_vision_tower(src, UNCLIP_PREFIX):
             return None
         try:
-            return load_clip_vision(src, prefix=UNCLIP_PREFIX)
+            return placement.place_clip_vision(load_clip_vision(src, prefix=UNCLIP_PREFIX))
         except UnknownVisionModelError as e:
             raise RuntimeError(f"the checkpoint's CLIP vision model is invalid: {e}") from e
 

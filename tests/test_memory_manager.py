@@ -236,3 +236,37 @@ def test_sampling_out_of_memory_frees_other_models_and_retries_once(tmp_path, mo
     failures["left"] = 2  # fails again after the retry: a clear error, still an OOM for callers
     with pytest.raises(torch.OutOfMemoryError, match="out of memory while sampling a 1x4x8x8 latent.*--lowvram"):
         sample(patcher, noise, 2, 5.0, "euler", "normal", pos, neg, torch.zeros(1, 4, 8, 8))
+
+
+def test_upscale_models_and_clip_vision_are_managed_like_the_other_models():
+    """They run on the compute device, stay there while they fit, and are the LRU victims like
+    any model (they used to be moved by hand, outside the manager's budget)."""
+    from models import placement
+    from models.clip_vision import load_clip_vision
+    from models.upscale import load_upscale_model_from_state_dict, memory_unit, upscale_image
+    from tests.test_upscale_models import esrgan_x4_sd
+    from tests.tiny_clip_vision import tiny_vision
+
+    upscaler = load_upscale_model_from_state_dict(esrgan_x4_sd(), "x4.pth")
+    vision = load_clip_vision(tiny_vision("vit_l"))
+    other = tiny_model(5, width=512)
+    image = torch.rand(1, 24, 24, 3)
+    want_up, want_cv = upscale_image(upscaler, image, device="cpu"), vision.encode_image(image).image_embeds
+
+    sizes = [memory.module_size(m) / MB for m in (upscaler.model, vision.model, other)]
+    fake(sum(sizes) - min(sizes) / 2)  # any two fit, never all three
+    placement.place_clip_vision(vision)
+    mgr = memory.manager()
+    got_up = upscale_image(upscaler, image)
+    assert resident(upscaler.model) == memory.module_size(upscaler.model)
+    got_cv = vision.encode_image(image).image_embeds
+    assert resident(vision.model) == memory.module_size(vision.model)
+    mgr.events.clear()
+    mgr.load([other])  # the least recently used (the upscaler) makes room
+    assert mgr.events[0][0] == "unload" and mgr.events[0][1].startswith("upscale:")
+    assert resident(upscaler.model) == 0 and resident(vision.model) > 0 and resident(other) > 0
+    again = upscale_image(upscaler, image)  # loaded again, now the vision model is the oldest
+    assert resident(vision.model) == 0 and resident(upscaler.model) > 0
+    assert memory_unit(upscaler).modules[0] is upscaler.model
+    for got, want in ((got_up, want_up), (again, want_up), (got_cv, want_cv)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
