@@ -282,7 +282,10 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=context, transformer_options=opts)
         if self.use_linear:
             x = self.proj_out(x)
-        x = x.reshape(b, h, w, x.shape[-1]).movedim(3, 1).contiguous()
+        # back to the input's layout: NHWC tokens are already channels_last, no copy then
+        nhwc = x_in.is_contiguous(memory_format=torch.channels_last) and not x_in.is_contiguous()
+        x = x.reshape(b, h, w, x.shape[-1]).movedim(3, 1)
+        x = x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in

@@ -186,6 +186,7 @@ class Settings:
     cpu_vae: bool = False
     gpu_only: bool = False
     disable_smart_memory: bool = False
+    channels_last: bool = False  # --force-channels-last: the UNet runs NHWC (models/unet.py)
     compile: bool = False  # --compile: torch.compile the UNet and VAE decoder (models/compiled.py)
 
     @property
@@ -225,6 +226,7 @@ def settings_from_args(args) -> Settings:
     s.cpu_vae = bool(getattr(args, "cpu_vae", False))
     s.gpu_only = bool(getattr(args, "gpu_only", False))
     s.disable_smart_memory = bool(getattr(args, "disable_smart_memory", False))
+    s.channels_last = bool(getattr(args, "force_channels_last", False))
     s.compile = bool(getattr(args, "compile", False))
     return s
 

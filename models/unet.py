@@ -8,6 +8,13 @@ SpatialTransformer (models/attention.py), a Downsample (`op`) or an Upsample (`c
 
 The shape of the network comes from a UNetConfig (models/detect.py), itself read from the
 state dict's shapes.
+
+channels_last (`--force-channels-last`, as in ComfyUI; off by default): the conv weights are
+converted on the first call on the device and the input enters NHWC, so cuDNN runs its NHWC
+kernels and the transformers' NCHW<->token reshapes stop copying; the output leaves in the
+usual layout. Off by default because PyTorch's CUDA GroupNorm takes NCHW-contiguous input
+(aten group_norm.cpp makes it so), which adds two layout copies around every GroupNorm of
+the eager UNet. Under torch.compile only the input is converted (inductor picks layouts).
 """
 from __future__ import annotations
 
@@ -18,8 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ops
+from models import devices, ops
 from models.attention import SpatialTransformer
+
+
+def channels_last_wanted() -> bool:
+    return bool(getattr(devices.settings(), "channels_last", False))
+
+
+@torch.no_grad()
+def to_channels_last(convs) -> None:
+    """4-D weights into NHWC layout, in place (the parameters stay the same objects; a weight
+    swapped since, e.g. by a widening LoRA patch, is converted again on the next call)."""
+    for m in convs:
+        w = m.weight
+        if w.ndim == 4 and not w.is_contiguous(memory_format=torch.channels_last):
+            w.data = w.data.contiguous(memory_format=torch.channels_last)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -174,6 +195,14 @@ class UNetModel(nn.Module):
         opts["original_shape"] = list(x.shape)
         opts["transformer_index"] = 0
         patches = opts.get("patches", {})
+        nhwc = channels_last_wanted() and x.ndim == 4
+        if nhwc:
+            convs = self.__dict__.get("_convs")
+            if convs is None:  # not a submodule list: kept out of the state dict and of .to()
+                convs = self.__dict__["_convs"] = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+            if not torch.compiler.is_compiling():
+                to_channels_last(convs)
+            x = x.contiguous(memory_format=torch.channels_last)
         if (y is not None) != bool(self.adm_in_channels):
             raise ValueError("the ADM vector y must be given exactly when the UNet has a label embedding")
 
@@ -207,4 +236,5 @@ class UNetModel(nn.Module):
                 h, skip = p(h, skip, opts)
             h = torch.cat([h, skip], dim=1)
             h = block(h, emb, context, opts, output_shape=skips[-1].shape if skips else None)
-        return self.out(h.to(x.dtype))
+        out = self.out(h.to(x.dtype))
+        return out.contiguous() if nhwc else out

@@ -163,3 +163,61 @@ def test_cpu_attention_leaves_the_sdpa_settings_alone():
     assert out.shape == q.shape
     assert attention._SDPA["configured"] is False
     assert list(torch._C._get_sdp_priority_order()) == order
+
+
+# -- the whole UNet: channels_last and fused QKV against the plain path -------------------------
+
+def _micro_unet(linear: bool):
+    from models.detect import UNetConfig
+    from models.unet import UNetModel
+    cfg = UNetConfig(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2],
+                     transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
+                     context_dim=16, use_linear_in_transformer=linear, adm_in_channels=None, num_heads=2)
+    return _init(UNetModel(cfg), seed=3)
+
+
+def _unet_inputs():
+    return g(2, 4, 8, 12, seed=4), torch.tensor([999.0, 10.0]), g(2, 5, 16, seed=5)
+
+
+@pytest.fixture
+def channels_last(monkeypatch):
+    from models import devices
+    torch.set_num_threads(1)
+    monkeypatch.setattr(devices.settings(), "channels_last", True, raising=False)
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["conv_proj", "linear_proj"])
+def test_channels_last_unet_matches_the_plain_layout(linear, monkeypatch):
+    from models import devices
+    torch.set_num_threads(1)
+    unet = _micro_unet(linear)
+    x, t, ctx = _unet_inputs()
+    plain = unet(x, t, context=ctx)
+    keys = {k: v.clone() for k, v in unet.state_dict().items()}
+    monkeypatch.setattr(devices.settings(), "channels_last", True, raising=False)
+    out = unet(x, t, context=ctx)
+    conv = unet.input_blocks[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert out.is_contiguous()  # leaves in the usual layout
+    _close(out, plain)
+    after = unet.state_dict()
+    assert all(torch.equal(after[k], keys[k]) for k in keys)
+
+
+
+def test_force_channels_last_flag_reaches_the_settings():
+    from models import devices
+    from server.cli import parse_args
+    assert devices.settings_from_args(parse_args(["--force-channels-last"])).channels_last is True
+    assert devices.settings_from_args(parse_args([])).channels_last is False
+
+
+def test_channels_last_and_fused_qkv_together_match_the_plain_unet(channels_last, fused_on_cpu):
+    unet = _micro_unet(True)
+    x, t, ctx = _unet_inputs()
+    from models import devices
+    devices.settings().channels_last = False
+    plain = _unfused(lambda: unet(x, t, context=ctx))
+    devices.settings().channels_last = True
+    _close(unet(x, t, context=ctx), plain)
