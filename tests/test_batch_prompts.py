@@ -283,13 +283,14 @@ def latent_of(base_dir, entry):
 
 
 @needs_layouts
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde_gpu"])
 async def test_queued_prompts_batch_over_http_and_each_matches_its_serial_run(aiohttp_client, make_args, base_dir,
-                                                                              gate):
+                                                                              gate, sampler):
     from server.app import create_app
     from server.app_keys import WORKER
     write_tiny_checkpoint(str(base_dir / "models" / "checkpoints" / "tiny_sd1.safetensors"), "sd1", seed=3)
     folders._list_cache.clear()
-    prompts = [blocker()] + [workflow(100 + i, f"a photo of cat number {i}") for i in range(4)]
+    prompts = [blocker()] + [workflow(100 + i, f"a photo of cat number {i}", sampler) for i in range(4)]
 
     batched_app = create_app(make_args("--batch-prompts"))
     batched = await aiohttp_client(batched_app)
