@@ -66,8 +66,10 @@ class PromptRun:
 
 
 class ComfydProcess:
-    def __init__(self, base_dir: str, flags: list[str] = (), log_path: str | None = None):
+    def __init__(self, base_dir: str, flags: list[str] = (), log_path: str | None = None,
+                 env: dict | None = None):
         self.base_dir = base_dir
+        self.env = env  # extra environment variables for the server (e.g. compile cache folders)
         self.port = free_port()
         self.flags = list(flags)
         self.log_path = log_path or os.path.join(base_dir, "comfyd.log")
@@ -91,7 +93,8 @@ class ComfydProcess:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(self.port), "--base-directory",
                                       self.base_dir, "--dont-print-server", *self.flags],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env} if self.env else None)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -175,9 +178,12 @@ class ComfydProcess:
         return run
 
     def run_prompt(self, graph: dict, timeout: float = 600) -> PromptRun:
-        run = self.queue_prompt(graph)
+        return self.wait(self.queue_prompt(graph), timeout)
+
+    def wait(self, run: PromptRun, timeout: float = 600) -> PromptRun:
+        """Wait for a queued prompt to finish; a failure or a timeout raises with the log's tail."""
         if not run.done.wait(timeout):
-            raise RuntimeError(f"prompt did not finish in {timeout} s:\n{self.log_tail()}")
+            raise RuntimeError(f"prompt did not finish in {timeout:.0f} s:\n{self.log_tail()}")
         if run.error:
             raise RuntimeError(f"prompt failed: {run.error.get('exception_message', run.error)}\n{self.log_tail()}")
         return run
@@ -194,19 +200,29 @@ class ComfydProcess:
         return self.call("/system_stats")["devices"][0]
 
     def gpu_process_bytes(self) -> int | None:
-        """GPU memory nvidia-smi charges to the server process (None without nvidia-smi)."""
-        if shutil.which("nvidia-smi") is None:
-            return None
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        for line in out.splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 2 and parts[0] == str(self.proc.pid):
-                return int(parts[1]) * 1024 * 1024
-        return 0
+        """GPU memory nvidia-smi charges to the server process (None without nvidia-smi, or while
+        nvidia-smi does not list it: before CUDA starts, or in a container that hides other pids)."""
+        for line in _nvidia_smi("--query-compute-apps=pid,used_memory"):
+            if len(line) == 2 and line[0] == str(self.proc.pid):
+                return int(line[1]) * 1024 * 1024
+        return None
+
+    @staticmethod
+    def gpu_used_bytes() -> int | None:
+        """Memory in use on GPU 0 as nvidia-smi reports it, all processes together."""
+        rows = _nvidia_smi("--query-gpu=memory.used")
+        return int(rows[0][0]) * 1024 * 1024 if rows and rows[0][0].isdigit() else None
+
+
+def _nvidia_smi(query: str) -> list[list[str]]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [[p.strip() for p in line.split(",")] for line in out.splitlines() if line.strip()]
 
 
 class PeakSampler:
