@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from models.resize import common_upscale
-from models.sampling.k_common import host_sigmas, capture_uncond, extra, step, to_d, unit_batch
+from models.sampling.k_common import capture_uncond, extra, host_sigmas, step, to_d, unit_batch
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import (host_sigmas, ancestral_step, extra, half_log_snr, model_sampling_of,
+from models.sampling.k_common import (ancestral_step, extra, half_log_snr, host_sigmas, model_sampling_of,
                                       on_device, sigma_from_half_log_snr, step, to_d, unit_batch)
 from models.sampling.noise import default_noise_sampler
 

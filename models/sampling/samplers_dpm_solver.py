@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from models.sampling.k_common import host_sigmas, ancestral_step, extra
+from models.sampling.k_common import ancestral_step, extra, host_sigmas
 from models.sampling.noise import default_noise_sampler
 
 

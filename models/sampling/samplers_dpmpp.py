@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import (host_sigmas, ancestral_step, extra, half_log_snr, sigma_from_half_log_snr,
+from models.sampling.k_common import (ancestral_step, extra, half_log_snr, host_sigmas, sigma_from_half_log_snr,
                                       step, unit_batch)
 from models.sampling.noise import BrownianTreeNoise
 

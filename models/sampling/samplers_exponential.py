@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from models.sampling.k_common import host_sigmas, extra, half_log_snr, sigma_from_half_log_snr, step, unit_batch
+from models.sampling.k_common import extra, half_log_snr, host_sigmas, sigma_from_half_log_snr, step, unit_batch
 from models.sampling.noise import default_noise_sampler
 
 

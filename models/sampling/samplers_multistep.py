@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import host_sigmas, extra, step, unit_batch
+from models.sampling.k_common import extra, host_sigmas, step, unit_batch
 
 
 def _push(history: list, d: torch.Tensor, keep: int) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from models.sampling.k_common import host_sigmas, churn, extra, step, to_d, unit_batch
+from models.sampling.k_common import churn, extra, host_sigmas, step, to_d, unit_batch
 
 INF = float("inf")
 
