@@ -55,20 +55,27 @@ def _adjacent_rows(ws) -> bool:
 
 
 @torch.no_grad()
+def _fuse(ws) -> None:
+    fused = torch.cat([w.detach() for w in ws])
+    start = 0
+    for w in ws:  # the parameters stay (same objects, same keys), their data moves into `fused`
+        w.data = fused[start:start + w.shape[0]]
+        start += w.shape[0]
+
+
 def fused_weight(linears, x: torch.Tensor) -> torch.Tensor | None:
     """The [sum of out, in] weight of `linears` as one tensor (a view of their weights), fusing
-    them on first use; None where they cannot be fused for an input like x."""
-    ws = [m.weight for m in linears]
+    them on first use; None where they cannot be fused for an input like x. The common case
+    (already fused, on x's device) costs a few microseconds."""
+    ws = [m._parameters["weight"] for m in linears]  # (nn.Module.__getattr__ is slow on a hot path)
     w0 = ws[0]
-    if any(m.bias is not None for m in linears) or any(
-            w.device != x.device or w.dtype != w0.dtype or w.shape[1:] != w0.shape[1:] for w in ws):
-        return None
+    if w0.device != x.device:
+        return None  # streamed per call (--lowvram) or partially loaded: three matmuls
     if not _adjacent_rows(ws):
-        fused = torch.cat([w.detach() for w in ws])
-        start = 0
-        for w in ws:  # the parameters stay (same objects, same keys), their data moves into `fused`
-            w.data = fused[start:start + w.shape[0]]
-            start += w.shape[0]
+        if any(m.bias is not None for m in linears) or any(
+                w.device != w0.device or w.dtype != w0.dtype or w.shape[1:] != w0.shape[1:] for w in ws):
+            return None
+        _fuse(ws)
     rows = sum(w.shape[0] for w in ws)
     return w0.detach().as_strided((rows,) + tuple(w0.shape[1:]), w0.stride())
 
