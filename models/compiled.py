@@ -307,19 +307,31 @@ def _signature(value) -> Any:
     return value
 
 
-def _weights_on(module: nn.Module, device: torch.device) -> bool:
-    """Every weight already on the input's device (not a partially loaded / streamed model)."""
-    if device.type == "cpu":
-        return all(p.device.type == "cpu" for p in module.parameters())
-    return all(p.device == device for p in module.parameters())
+def _weights_on(leaves: list, device: torch.device) -> bool:
+    """Every weight already on the input's device (not a partially loaded / streamed model).
+    `leaves`: the modules holding parameters, listed once (a move may replace Parameter
+    objects, never modules); the loop costs about 0.3 ms for an SDXL UNet on the CPU."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        on = lambda p: p.is_cuda and p.get_device() == index  # noqa: E731
+    elif device.type == "cpu":
+        on = lambda p: p.is_cpu  # noqa: E731
+    else:
+        on = lambda p: p.device == device  # noqa: E731
+    for m in leaves:
+        for p in m._parameters.values():
+            if p is not None and not on(p):
+                return False
+    return True
 
 
 class CompiledRunner:
     """torch.compile of one module's call, with per-shape bookkeeping and eager fallback."""
 
-    def __init__(self, what: str, wrapper: nn.Module):
+    def __init__(self, what: str, module: nn.Module, wrapper: nn.Module):
         self.what = what
         self.wrapper = wrapper
+        self.leaves = [m for m in module.modules() if m._parameters]
         self.compiled: dict[str, Callable] = {}  # per device type: the mode differs on CUDA
         self.graphs: dict[Any, float] = {}      # shape key -> seconds its first call took
         self.compiles = 0                         # graphs dynamo compiled for this module
@@ -405,7 +417,7 @@ class CompiledRunner:
 def runner_for(module: nn.Module, what: str, wrapper_cls) -> CompiledRunner:
     runner = module.__dict__.get(RUNNER_ATTR)
     if runner is None:
-        runner = CompiledRunner(what, wrapper_cls(module))
+        runner = CompiledRunner(what, module, wrapper_cls(module))
         module.__dict__[RUNNER_ATTR] = runner  # not a submodule: no state-dict keys, no .to()
     return runner
 
@@ -435,7 +447,7 @@ class _DecodeCall(nn.Module):
         return self.vae.decode(z)
 
 
-def unet_eager_reason(unet: nn.Module, x, control, transformer_options, extra) -> str | None:
+def unet_eager_reason(runner: CompiledRunner, x, control, transformer_options, extra) -> str | None:
     """Why this UNet call runs eagerly under --compile (None: it can be compiled)."""
     if control:
         return "ControlNet residuals"
@@ -446,7 +458,7 @@ def unet_eager_reason(unet: nn.Module, x, control, transformer_options, extra) -
         return "attention replacements"
     if any(v is not None and not torch.is_tensor(v) for v in extra.values()):
         return "non-tensor inputs"
-    if not _weights_on(unet, x.device):
+    if not _weights_on(runner.leaves, x.device):
         return "weights not all on the compute device"
     return None
 
@@ -456,9 +468,9 @@ def run_unet(unet: nn.Module, x, timesteps, context=None, control=None, transfor
     def eager():
         return unet(x, timesteps, context=context, control=control,
                     transformer_options=transformer_options or {}, **extra)
-    if unet_eager_reason(unet, x, control, transformer_options, extra) is not None:
-        return eager()
     runner = runner_for(unet, "UNet", _UNetCall)
+    if unet_eager_reason(runner, x, control, transformer_options, extra) is not None:
+        return eager()
     tensors = {k: v for k, v in extra.items() if v is not None}
     return runner((x, timesteps, context, tensors), eager, describe(x))
 
@@ -469,8 +481,8 @@ def vae_decoder(vae_model: nn.Module) -> Callable:
         return vae_model.decode
 
     def decode(z):
-        if not _weights_on(vae_model, z.device):
-            return vae_model.decode(z)
         runner = runner_for(vae_model, "VAE decoder", _DecodeCall)
+        if not _weights_on(runner.leaves, z.device):
+            return vae_model.decode(z)
         return runner((z,), lambda: vae_model.decode(z), describe(z))
     return decode

@@ -34,7 +34,9 @@ def _compile_state():
 
 
 class CountingBackend:
-    """A dynamo backend that counts the graphs it is given and hands them to aot_eager."""
+    """A dynamo backend that counts the graphs it is given and hands them to another backend
+    ("eager": the captured graph as it is; "aot_eager": through AOT autograd's functionalised
+    graph, as inductor sees it)."""
 
     def __init__(self, inner="aot_eager", delay: float = 0.0, fail: bool = False):
         self.inner, self.delay, self.fail, self.graphs = inner, delay, fail, 0
@@ -134,7 +136,7 @@ def test_unet_graph_per_shape_equal_to_eager(caplog, tmp_path):
 
 def test_weight_patches_are_seen_by_the_compiled_unet():
     """LoRA patches land in place (copy_) or swap a widened tensor in (.data): both reach the graph."""
-    backend = CountingBackend()
+    backend = CountingBackend("eager")
     compiled.configure(backend=backend, cache_dir=None)
     model = micro_model()
     patcher = ModelPatcher(model)
@@ -168,7 +170,7 @@ def test_weight_patches_are_seen_by_the_compiled_unet():
 
 
 def test_patches_and_controlnet_run_eagerly():
-    backend = CountingBackend()
+    backend = CountingBackend("eager")
     compiled.configure(backend=backend, cache_dir=None)
     model = micro_model()
     x, sigma, conds = inputs()
@@ -190,6 +192,11 @@ def test_patches_and_controlnet_run_eagerly():
     plain = {"cond_or_uncond": [0, 1], "uuids": ["a", "b"], "sigmas": sigma, "patches": {}}
     compiled_apply(model, x, sigma, transformer_options=plain, **conds)
     assert backend.graphs == 1
+    # a partially loaded model (some layers left on the offload device) runs eagerly
+    runner = compiled.runner_of(model.diffusion_model)
+    assert compiled.unet_eager_reason(runner, x, None, plain, {}) is None
+    model.diffusion_model.out[2].to("meta")
+    assert compiled.unet_eager_reason(runner, x, None, plain, {}) == "weights not all on the compute device"
 
 
 def test_compile_failure_falls_back_to_eager(caplog):
@@ -231,7 +238,7 @@ def test_vae_decoder_compiled_equal_to_eager():
 def test_compile_progress_reported_while_compiling(tmp_path):
     events = []
     progress.set_progress_hook(lambda value, total, preview=None, node=None, **kw: events.append((value, total)))
-    backend = CountingBackend(delay=2.6)
+    backend = CountingBackend("eager", delay=2.6)
     compiled.configure(backend=backend, cache_dir=str(tmp_path))
     model = micro_model()
     x, sigma, conds = inputs()
@@ -301,3 +308,51 @@ def test_inductor_matches_eager_and_fills_the_persistent_cache(tmp_path):
     warm = time.perf_counter() - start
     assert counters["inductor"]["fxgraph_cache_hit"] > hits
     print(f"small UNet inductor compile: cold {cold:.1f} s, from the cache {warm:.1f} s")
+
+
+@pytest.mark.skipif(not os.path.isdir(__import__("tests.tiny_checkpoints", fromlist=["LAYOUT_DIR"]).LAYOUT_DIR),
+                    reason="oracle layouts not available")
+async def test_server_with_compile_flag_gives_the_eager_images(aiohttp_client, make_args, base_dir, monkeypatch, caplog):
+    """Over HTTP with the tiny SD1 checkpoint: `--compile` (aot_eager backend: real dynamo
+    capture, no C++ build) gives the eager server's latent and image, reports the compile as
+    progress, and the second prompt at the size compiles nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from models import folders
+    from server.app import create_app
+    from tests.test_text_to_image_http import saved_latent, txt2img
+    from tests.tiny_checkpoints import write_tiny_checkpoint
+    from wsclient import run_prompt
+
+    write_tiny_checkpoint(str(base_dir / "models" / "checkpoints" / "tiny_sd1.safetensors"), "sd1", seed=3)
+    folders._list_cache.clear()
+
+    async def run(client, seed):
+        resp, events, history = await run_prompt(client, txt2img(seed=seed), timeout=300)
+        assert history["status"]["status_str"] == "success", [e for e in events if e[0] == "execution_error"]
+        img = history["outputs"]["8"]["images"][0]
+        pixels = np.asarray(Image.open(base_dir / "output" / img["subfolder"] / img["filename"]))
+        return saved_latent(base_dir, history), pixels, events
+
+    eager_client = await aiohttp_client(create_app(make_args()))
+    eager_latent, eager_pixels, _ = await run(eager_client, 5)
+    await eager_client.close()
+
+    monkeypatch.setenv("COMFYD_COMPILE_BACKEND", "aot_eager")
+    client = await aiohttp_client(create_app(make_args("--compile")))
+    with caplog.at_level(logging.INFO, logger="models.compiled"):
+        latent, pixels, events = await run(client, 5)
+    torch.testing.assert_close(latent, eager_latent, rtol=1e-4, atol=1e-4)
+    assert np.abs(pixels.astype(int) - eager_pixels.astype(int)).max() <= 1
+    logs = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("compiled UNet for 2x4x8x8 fp32 in") for m in logs), logs  # cond+uncond batch
+    assert any(m.startswith("compiled VAE decoder for 1x4x8x8 fp32 in") for m in logs), logs
+    compile_progress = [d for t, d in events if t == "progress" and d["max"] == 100]
+    assert {d["node"] for d in compile_progress} >= {"5", "6"}  # KSampler, VAEDecode
+    assert (base_dir / "user" / "__comfyd" / "compile_cache" / compiled.TIMES_FILE).is_file()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="models.compiled"):
+        await run(client, 6)
+    assert not [r for r in caplog.records if r.getMessage().startswith("compiled ")]
