@@ -255,3 +255,23 @@ def test_ksampler_object_with_inpaint_mask_has_no_host_sync(name):
     out = run(True)
     assert isinstance(out, DeviceTensor)
     assert torch.equal(_plain(out), run(False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", [n for n in SAMPLER_NAMES if n not in NEEDS_SYNC])
+def test_cuda_sampling_loop_has_no_sync(name):
+    """The same on a real GPU: torch's sync debug mode turns every synchronising call into an
+    error from the first model call on (setting up before the loop may sync)."""
+
+    class Armed(GaussianDenoiser):
+        def __call__(self, x, sigma, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            return super().__call__(x, sigma, **kwargs)
+
+    ms = DiscreteSchedule()
+    sigmas = schedulers.karras(6, float(ms.sigma_min), float(ms.sigma_max)).cuda()
+    x = torch.randn(2, 4, 8, 8, device="cuda") * sigmas[0]
+    try:
+        get_sampler(name)(Armed(), x, sigmas, extra_args={"seed": 7}, callback=lambda d: None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
