@@ -109,7 +109,7 @@ def batch_table(summary: dict, judge: bool) -> list[str]:
 
 
 def render(summary: dict) -> str:
-    judge = not summary["tiny"]
+    judge = not summary["tiny"] and summary.get("device") not in (None, "cpu")  # targets are for a GPU
     runs, steps = summary["runs"], summary["steps"]
     out = [f"### comfyd on {summary.get('device', '?')} (torch {summary.get('torch', '?')}; {steps} steps, cfg 7, "
            f"{runs} runs: median (min–max){'; tiny CPU smoke run, targets not judged' if summary['tiny'] else ''})", ""]
@@ -119,6 +119,11 @@ def render(summary: dict) -> str:
     if (summary.get("compiled") or {}).get("workloads"):
         out += ["#### compiled (" + " ".join(summary["compiled"].get("server_flags", [])) + ")", ""]
         out += compiled_table(summary, judge) + [""]
+        for key, when in (("compile_log", "first server"), ("restart_compile_log", "after restart")):
+            log = summary["compiled"].get(key)
+            if log:
+                out += [f"comfyd's compile log ({when}): " + "; ".join(f"{c['what']} {c['seconds']:.1f} s" for c in log),
+                        ""]
     if (summary.get("batch_prompts") or {}).get("by_n"):
         bp = summary["batch_prompts"]
         out += [f"#### queued prompts, {bp.get('label', '')}: plain vs `--batch-prompts` ({bp.get('runs')} rounds each)",
