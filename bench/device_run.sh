@@ -21,8 +21,16 @@ if [ "${1:-}" = "prepare" ]; then
     py=${PYTHON:-.venv/bin/python}
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     mkdir -p .whl
-    exec "$py" -m pip wheel --no-deps --no-build-isolation -q -w .whl \
-        torchsde==0.2.6 trampoline==0.1.2 websocket-client==1.9.2 openai-clip==1.0.1
+    "$py" -m pip wheel --no-deps --no-build-isolation -q -w .whl \
+        torchsde==0.2.6 trampoline==0.1.2 websocket-client==1.9.2 openai-clip==1.0.1 && exit 0
+    # no registry: copy the same pure-Python packages out of the local environment instead
+    echo "pip wheel failed: copying torchsde, trampoline, websocket, clip from $py's site-packages" >&2
+    mkdir -p .whl/site
+    for mod in torchsde trampoline websocket clip; do
+        src=$("$py" -c "import importlib.util as u; print(u.find_spec('$mod').submodule_search_locations[0])") || exit 1
+        cp -r "$src" .whl/site/ || exit 1
+    done
+    exit 0
 fi
 
 OUT=${OUT:-bench/results}
@@ -32,8 +40,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+[ -d .whl/site ] && export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu_console.txt"
 set -o pipefail
-timeout 345 python3 bench/gpu.py --workdir /tmp/comfyd_gpu_bench --out "$OUT/gpu.json" --log-dir "$OUT/logs" "$@" 2>&1 \
+timeout 345 python3 bench/gpu.py --out "$OUT/gpu.json" --log-dir "$OUT/logs" "$@" 2>&1 \
     | tee -a "$OUT/gpu_console.txt"

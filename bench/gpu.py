@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -125,6 +126,12 @@ class Checkpoints:
     def path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.safetensors")
 
+    def full_size(self, name: str) -> int:
+        """The data bytes of the fp16 file make_ckpt.py writes (a smaller file, e.g. a tiny one, is rewritten)."""
+        with open(os.path.join(self.oracle, "layouts", f"{name}.json")) as f:
+            tensors = json.load(f)["tensors"]
+        return sum(math.prod(t["shape"]) * (8 if t["dtype"] == "int64" else 2) for t in tensors.values())
+
     def start(self, names) -> None:
         if self.tiny:  # tiny files take a second: written here, in the tests' layouts
             os.environ["COMFYD_ORACLE_DIR"] = self.oracle
@@ -139,7 +146,7 @@ class Checkpoints:
         # rest of the cores to the server measuring meanwhile
         env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
         for name in sorted(names, key=lambda n: n != "sdxl"):  # the long one first
-            if os.path.exists(self.path(name)):
+            if os.path.exists(self.path(name)) and os.path.getsize(self.path(name)) >= self.full_size(name):
                 self.write_s[name] = 0.0
                 continue
             log = open(self.path(name) + ".log", "wb")
@@ -177,6 +184,18 @@ class Checkpoints:
 
 
 # -- measuring ----------------------------------------------------------------------------------
+
+class ServerStuck(RuntimeError):
+    """A prompt that never finished, or a server that died: the rest of that server's work is skipped."""
+
+
+def stuck(srv: ComfydProcess, error: Exception, what: str) -> None:
+    """Raise ServerStuck when the error means the server can take no more work."""
+    if srv.proc.poll() is not None:
+        raise ServerStuck(f"comfyd exited during {what}") from None
+    if "did not finish" in str(error):
+        raise ServerStuck(f"comfyd hangs in {what}") from None
+
 
 class Budget:
     """Wall-clock budget of the whole run (0 = none): parts and workloads that no longer fit are skipped."""
@@ -278,10 +297,12 @@ class Bench:
             out["while_writing_checkpoints"] = True
         return out
 
-    def run_workloads(self, srv: ComfydProcess, workloads: list[Workload], part: str, reserve_s: float = 0) -> dict:
-        """Per workload: the first prompt of a new shape (cold model or compile) or one warm-up, then --runs runs.
-        A workload starts only while its estimate plus reserve_s (kept for later parts) is left."""
-        results, current, shapes = {}, None, set()
+    def run_workloads(self, srv: ComfydProcess, workloads: list[Workload], part: str, results: dict,
+                      reserve_s: float = 0) -> None:
+        """Per workload: the first prompt of a new shape (cold model or compile) or one warm-up, then --runs runs,
+        into results[name]. A workload starts only while its estimate plus reserve_s (kept for later parts) is
+        left. A failed prompt ends its workload; a prompt that hangs or a server that died ends the server."""
+        current, shapes = None, set()
         for w in workloads:
             need = self.need(25 if w.ckpt == "sdxl" else 12) + reserve_s
             if part == "compile" and w.shape not in shapes:
@@ -307,14 +328,12 @@ class Bench:
                 entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.note(f"{part} {w.name} failed: {entry['error']}")
                 print(str(e)[-3000:], file=sys.stderr)
-                if srv.proc.poll() is not None:
-                    break
+                stuck(srv, e, f"{part} {w.name}")
                 continue
             entry.update(summarise_runs(runs))
             print(f"[{self.budget.elapsed():5.0f} s] {part} {w.name}: {entry['its'] and round(entry['its']['median'], 2)}"
                   f" it/s, prompt {entry['prompt_s'] and round(entry['prompt_s']['median'], 3)} s"
                   + (f", first {entry['first']['prompt_s']:.2f} s" if entry.get("first") else ""), flush=True)
-        return results
 
     # -- parts ------------------------------------------------------------------------------------
     def eager(self) -> None:
@@ -325,18 +344,21 @@ class Bench:
         part = self.summary["eager"] = {"server_flags": self.base_flags, "workloads": {}}
         if not self.fits(self.need(30), "eager"):
             return
-        with self.server("eager", [], os.path.join(self.a.workdir, "user_eager")) as srv:
-            part["startup_s"] = srv.ready - srv.started
-            found = self.run_workloads(srv, sd15, "eager")
-            if sd15 and "batch" in self.parts:
-                self.throughput(srv, "plain")
-            if rest:
-                if sd15:
-                    srv.free()  # SDXL loads cold, like the first checkpoint
-                found.update(self.run_workloads(srv, rest, "eager"))
-        part["workloads"] = {w.name: found[w.name] for w in self.workloads if w.name in found}
-        worst = [r["system_stats_max_s"] for r in found.values() if r.get("system_stats_max_s") is not None]
-        part["system_stats_max_s"] = max(worst) if worst else None
+        found = {}
+        try:
+            with self.server("eager", [], os.path.join(self.a.workdir, "user_eager")) as srv:
+                part["startup_s"] = srv.ready - srv.started
+                self.run_workloads(srv, sd15, "eager", found)
+                if sd15 and "batch" in self.parts:
+                    self.throughput(srv, "plain")
+                if rest:
+                    if sd15:
+                        srv.free()  # SDXL loads cold, like the first checkpoint
+                    self.run_workloads(srv, rest, "eager", found)
+        finally:
+            part["workloads"] = {w.name: found[w.name] for w in self.workloads if w.name in found}
+            worst = [r["system_stats_max_s"] for r in found.values() if r.get("system_stats_max_s") is not None]
+            part["system_stats_max_s"] = max(worst) if worst else None
         if any(r.get("while_writing_checkpoints") for e in found.values() for r in e.get("runs", [])):
             self.note("some SD1.5 eager runs overlapped the SDXL checkpoint write (--no-overlap to wait for it)")
 
@@ -379,6 +401,7 @@ class Bench:
                 rates = [self.queued_round(srv, base, n) for _ in range(rounds)]
             except Exception as e:
                 self.note(f"batch {mode} N={n} failed: {str(e).splitlines()[0]}")
+                stuck(srv, e, f"batch {mode} N={n}")
                 break
             row = part["by_n"].setdefault(str(n), {})
             row[mode] = spread(rates)
@@ -414,10 +437,12 @@ class Bench:
             if not self.fits(self.need(90), "compile"):
                 return
             reserve = self.need(45) if "restart" in self.parts else 0  # a slow compile must leave the restart its time
-            with self.server("compile", flags, user_dir, env) as srv:
-                part["startup_s"] = srv.ready - srv.started
-                part["workloads"] = self.run_workloads(srv, chosen, "compile", reserve)
-            part["compile_log"] = compile_times(srv.log_path)
+            try:
+                with self.server("compile", flags, user_dir, env) as srv:
+                    part["startup_s"] = srv.ready - srv.started
+                    self.run_workloads(srv, chosen, "compile", part["workloads"], reserve)
+            finally:
+                part["compile_log"] = compile_times(os.path.join(self.a.log_dir, "compile.log"))
             return
         if not part["workloads"]:
             self.note("restart measured without a compile part in this run: the cache is whatever an earlier run left")
@@ -443,11 +468,12 @@ class Bench:
                     again = self.measure(srv, w)
                 except Exception as e:
                     self.note(f"restart {w.name} failed: {str(e).splitlines()[0]}")
+                    stuck(srv, e, f"restart {w.name}")
                     continue
                 part["restart"][w.name] = {"first": first, "second": again}
                 print(f"[{self.budget.elapsed():5.0f} s] restart {w.name}: first prompt {first['prompt_s']:.2f} s "
                       f"(sampler {first['sampler_s']:.2f} s), then {again['its'] or 0:.2f} it/s", flush=True)
-        part["restart_compile_log"] = compile_times(srv.log_path)
+        part["restart_compile_log"] = compile_times(os.path.join(self.a.log_dir, "restart.log"))
 
     # -- the whole run ------------------------------------------------------------------------------
     def run(self, parts: list[str]) -> dict:
@@ -544,6 +570,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     workloads = FULL
     if a.tiny:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # the servers' torch: tiny tensors gain nothing from threads
         workloads = [Workload(w.name, w.ckpt, 64, w.batch, w.sampler, w.scheduler) for w in FULL]
     if a.workloads:
         workloads = [w for w in workloads if w.name in a.workloads.split(",")]
