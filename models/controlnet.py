@@ -26,6 +26,8 @@ from models.controlnet_models import ControlNetModel, add_low_rank
 from models.ops import load_into
 from models.resize import common_upscale
 
+UNBOUNDED_START = 999999999.9  # percent_to_sigma(0.0), the start of a range beginning at 0%
+
 log = logging.getLogger(__name__)
 
 
@@ -116,7 +118,9 @@ class ControlBase:
         prev = None
         if self.previous_controlnet is not None:
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        active = self.timestep_range is None or not (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1])
+        r = self.timestep_range
+        # the full 0%..100% range needs no comparison (and so no device-to-host sync)
+        active = r is None or (r[0] >= UNBOUNDED_START and r[1] <= 0.0) or not (t[0] > r[0] or t[0] < r[1])
         return prev, active
 
     def control_merge(self, control: dict, control_prev: dict | None, output_dtype=None) -> dict:

@@ -275,3 +275,29 @@ def test_cuda_sampling_loop_has_no_sync(name):
         get_sampler(name)(Armed(), x, sigmas, extra_args={"seed": 7}, callback=lambda d: None)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _conditioned_entry(**extra):
+    from models.sampling.conds import CondCrossAttn
+    return {"model_conds": {"c_crossattn": CondCrossAttn(torch.ones(1, 3, 4))}, **extra}
+
+
+@pytest.mark.parametrize("window", [{}, {"timestep_start": 999999999.9, "timestep_end": 0.0}])
+def test_full_timestep_range_and_controlnet_range_need_no_sync(window):
+    """A conditioning (or ControlNet) active from 0% to 100% is used without comparing sigma:
+    no sync; a narrower window has to compare (ComfyUI does the same each step)."""
+    from models.controlnet import ControlBase
+    from models.sampling.guidance import area_and_mult
+    x = torch.randn(1, 4, 8, 8).as_subclass(DeviceTensor)
+    sigma = torch.full((1,), 3.0).as_subclass(DeviceTensor)
+    _armed["on"] = True
+    try:
+        assert area_and_mult(_conditioned_entry(**window), x, sigma) is not None
+        control = ControlBase.__new__(ControlBase)
+        control.previous_controlnet, control.timestep_range = None, (999999999.9, 0.0)
+        assert control._previous_and_active(x, sigma, {}, 1, {})[1] is True
+        with pytest.raises(HostSync):
+            area_and_mult(_conditioned_entry(timestep_start=5.0, timestep_end=1.0), x, sigma)
+    finally:
+        _armed["on"] = False
+    assert area_and_mult(_conditioned_entry(timestep_start=2.0), x, sigma) is None  # 3.0 is above 2.0

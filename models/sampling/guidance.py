@@ -22,6 +22,7 @@ import torch
 from models.sampling import prompt_batching
 
 FEATHER = 8
+UNBOUNDED_START = 999999999.9  # percent_to_sigma(0.0): no sigma is above it
 
 
 def _area_dims(area: list, ndims: int) -> list:
@@ -44,9 +45,12 @@ class _Chunk(NamedTuple):
 def area_and_mult(cond: dict, x: torch.Tensor, sigma: torch.Tensor) -> _Chunk | None:
     """What one conditioning entry contributes at this sigma, or None when inactive."""
     dims = tuple(x.shape[2:])
-    if "timestep_start" in cond and sigma[0] > cond["timestep_start"]:
+    # a range that starts at 0% or ends at 100% holds any sigma there: no comparison, so no
+    # device-to-host sync on the GPU (ComfyUI compares every step)
+    start, end = cond.get("timestep_start", UNBOUNDED_START), cond.get("timestep_end", 0.0)
+    if start < UNBOUNDED_START and sigma[0] > start:
         return None
-    if "timestep_end" in cond and sigma[0] < cond["timestep_end"]:
+    if end > 0.0 and sigma[0] < end:
         return None
     area = None
     if "area" in cond:
