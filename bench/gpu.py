@@ -27,7 +27,7 @@ after every part, so a run cut short still leaves its figures. --budget (default
 what no longer fits, with a note; --only / --skip choose parts, --workloads workloads.
 
 On a GPU machine: bench/device_run.sh (what a session with the device tool runs, see there), or
-    python bench/gpu.py [--runs 3] [--server-args "--highvram"] [--workdir /tmp/comfyd_gpu_bench]
+    python bench/gpu.py [--runs 3] [--server-args=--highvram] [--workdir /tmp/comfyd_gpu_bench]
 On the CPU (CI smoke run, tiny checkpoints in the real layouts, 2 steps, 64² images):
     python bench/gpu.py --tiny
 """
@@ -547,7 +547,8 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run, 0 = unlimited (default 285; "
                    "240 with --tiny): what no longer fits is skipped with a note")
     p.add_argument("--no-overlap", action="store_true", help="wait for every checkpoint before measuring anything")
-    p.add_argument("--server-args", default="", help="extra comfyd flags for every server, e.g. '--highvram'")
+    p.add_argument("--server-args", default="", help="extra comfyd flags for every server, with '=': "
+                   "--server-args=--highvram")
     p.add_argument("--workdir", default=None, help="base directory (checkpoints in it are reused)")
     p.add_argument("--log-dir", default=None, help="the servers' logs (default WORKDIR/logs)")
     p.add_argument("--oracle-dir", default=None, help="folder with make_ckpt.py and layouts/ (default tests/oracle_data)")

@@ -19,6 +19,10 @@ COMPILED_TARGET = {"sdxl_euler": {"its": 28.0, "first_s": 30.0, "restart_s": 5.0
                    "sdxl_3m_sde": {"its": round(14.4 * 28 / _SDXL_MID, 1), "first_s": 30.0, "restart_s": 5.0},
                    "sd15_b1": {"its": 50.0, "first_s": 30.0, "restart_s": 5.0}}
 BATCH_RATIO_TARGET = {16: 1.5}
+# target key -> (label, unit, higher is better)
+EAGER_KEYS = {"its": ("", " it/s", True), "prompt_s": ("prompt", " s", False), "peak_gib": ("peak", " GiB", False)}
+COMPILED_KEYS = {"its": ("", " it/s", True), "first_s": ("first", " s", False),
+                 "restart_s": ("after restart", " s", False)}
 
 
 def fmt(s: dict | None, unit: str = "", scale: float = 1.0, digits: int = 2) -> str:
@@ -41,7 +45,8 @@ def _secs(x) -> str:
 
 
 def _target_text(t: dict, keys: dict) -> str:
-    return "; ".join(f"{label} {'≥' if hi else '≤'} {t[k]:g}{unit}" for k, (label, unit, hi) in keys.items() if k in t) or "—"
+    parts = [f"{label} {'≥' if hi else '≤'} {t[k]:g}{unit}".strip() for k, (label, unit, hi) in keys.items() if k in t]
+    return "; ".join(parts) or "—"
 
 
 def _peak(r: dict) -> str:
@@ -65,7 +70,7 @@ def eager_table(summary: dict, judge: bool) -> list[str]:
             f"| {fmt(r['vae_s'], ' ms', 1000, 0)} | {_peak(r)}{_check(peak_med, t.get('peak_gib'), False, judge)} "
             f"| {_secs(first.get('load_s')) if first.get('cold_load') else '—'} | {_secs(first.get('prompt_s'))} "
             f"| {COMFYUI_EAGER.get(name, '—')} "
-            f"| {_target_text(t, {'its': ('', ' it/s', True), 'prompt_s': ('prompt', ' s', False), 'peak_gib': ('peak', ' GiB', False)})} |")
+            f"| {_target_text(t, EAGER_KEYS)} |")
     return rows
 
 
@@ -91,7 +96,7 @@ def compiled_table(summary: dict, judge: bool) -> list[str]:
             f"| {r['label']} | {fmt(r['its'])}{_check((r['its'] or {}).get('median'), t.get('its'), True, judge)} "
             f"| {fmt(r['prompt_s'], ' s')} | {first_text(first, t.get('first_s'))} "
             f"| {first_text(again, t.get('restart_s'))} | {COMFYUI_COMPILED.get(name, '—')} "
-            f"| {_target_text(t, {'its': ('', ' it/s', True), 'first_s': ('first', ' s', False), 'restart_s': ('after restart', ' s', False)})} |")
+            f"| {_target_text(t, COMPILED_KEYS)} |")
     return rows
 
 
@@ -129,9 +134,11 @@ def render(summary: dict) -> str:
         out += [f"#### queued prompts, {bp.get('label', '')}: plain vs `--batch-prompts` ({bp.get('runs')} rounds each)",
                 ""]
         out += batch_table(summary, judge) + [""]
-    facts = [f"checkpoints written in {', '.join(f'{k} {v:.0f} s' for k, v in summary.get('checkpoint_write_s', {}).items())}"]
+    written = summary.get("checkpoint_write_s", {})
+    facts = [f"checkpoints written in {', '.join(f'{k} {v:.0f} s' for k, v in written.items())}"]
     if summary.get("eager", {}).get("system_stats_max_s") is not None:
-        facts.append(f"slowest GET /system_stats during eager prompts {summary['eager']['system_stats_max_s'] * 1000:.0f} ms")
+        worst_ms = summary["eager"]["system_stats_max_s"] * 1000
+        facts.append(f"slowest GET /system_stats during eager prompts {worst_ms:.0f} ms")
     facts.append(f"whole benchmark {summary.get('total_s', 0):.0f} s (budget {summary.get('budget_s') or '∞'} s)")
     out.append("; ".join(facts))
     for note in summary.get("notes", []):
