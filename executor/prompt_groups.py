@@ -59,6 +59,8 @@ class GroupRun:
         self.threads: list[threading.Thread] = []
         self.views: list = []  # the members' cache views, in the order they finished
         self.lock = threading.Lock()
+        self.member_done = threading.Event()  # wakes run() at once when a member finishes
+        self.finished = 0
         self._start(first_job, first_item_id)
         self._admit()  # the matching jobs queued already start together with the first
 
@@ -75,10 +77,11 @@ class GroupRun:
         """Admit matching queued jobs while members run; return when all are done."""
         while True:
             self._admit()
-            alive = [t for t in self.threads if t.is_alive()]
-            if not alive:
-                break
-            alive[0].join(POLL_SECONDS)
+            with self.lock:
+                if self.finished == len(self.threads):
+                    break
+            self.member_done.wait(POLL_SECONDS)  # also the pace at which queued jobs are admitted
+            self.member_done.clear()
         if self.views:
             self.worker.executor.caches.adopt(self.views[-1])
         sizes = self.group.batches
@@ -111,3 +114,6 @@ class GroupRun:
                     self.views.append(executor.caches)
         finally:
             model_progress.bind_thread(None)
+            with self.lock:
+                self.finished += 1
+            self.member_done.set()
