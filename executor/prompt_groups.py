@@ -1,7 +1,7 @@
 """--batch-prompts: which queued prompts run together, and running them as one group.
 
-Prompts join a group when their graphs are the same except for seeds, prompt texts and output
-names (the render-farm case: one workflow, many seeds): then they load the same models at the
+Prompts join a group when their graphs are the same except for seeds, prompt texts, cfg, denoise
+and output names (the render-farm case: one workflow, many seeds): then they load the same models at the
 same size with the same sampler and steps, and their UNet calls can share a batch
 (models/sampling/prompt_batching.py). The group starts with the job the worker took; while it
 runs, matching jobs at the front of the queue join it (up to MAX_MEMBERS at once), so a burst
@@ -26,8 +26,11 @@ from models.sampling import prompt_batching
 log = logging.getLogger(__name__)
 
 MAX_MEMBERS = int(os.environ.get("COMFYD_BATCH_PROMPTS_MAX", "16"))
-# inputs that may differ between the prompts of one group
-VARYING_INPUTS = frozenset({"seed", "noise_seed", "text", "text_g", "text_l", "filename_prefix"})
+# inputs that may differ between the prompts of one group: none of them changes a model or the
+# latent's shape, so the members' UNet calls still fit one batch (cfg and denoise only change
+# each prompt's own guidance arithmetic and sigmas; every batch row carries its own sigma)
+VARYING_INPUTS = frozenset({"seed", "noise_seed", "text", "text_g", "text_l", "filename_prefix", "cfg",
+                            "denoise"})
 POLL_SECONDS = 0.02
 
 

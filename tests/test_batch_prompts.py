@@ -194,6 +194,22 @@ def test_calls_that_cannot_be_batched_run_alone():
     assert model.batch_sizes == [2, 2]
 
 
+def test_which_prompts_may_share_a_group():
+    from executor.prompt_groups import batch_signature
+    base = batch_signature(workflow(1, "a cat"))
+    other_cfg = workflow(2, "a dog")
+    other_cfg["5"]["inputs"].update(cfg=3.5, denoise=0.8)
+    assert batch_signature(other_cfg) == base
+    for node, name, value in (("1", "ckpt_name", "other.safetensors"), ("4", "width", 128), ("5", "steps", 9),
+                              ("5", "sampler_name", "euler")):
+        changed = workflow(1, "a cat")
+        changed[node]["inputs"][name] = value
+        assert batch_signature(changed) != base, name
+    rewired = workflow(1, "a cat")
+    rewired["5"]["inputs"]["positive"] = ["3", 0]
+    assert batch_signature(rewired) != base and batch_signature({"1": "junk"}) is None
+
+
 def test_outside_a_group_calls_are_plain():
     model = FakeModel()
     out = prompt_batching.apply_model(model, torch.ones(2, 3), torch.ones(2), {"c_crossattn": torch.zeros(2, 1, 1)})
