@@ -397,8 +397,9 @@ class CacheSet:
         self.all = [self.outputs, self.objects]
 
     def shares_across_prompts(self) -> bool:
-        """Whether shared_view() is possible (classic and none; LRU/RAM keep per-key stamps)."""
-        return all(type(c) in (ClassicCache, NullCache) for c in self.all)
+        """Whether prompts run together can share stored results (the classic cache; LRU/RAM keep
+        per-key stamps, and with no cache every prompt would load its own copy of each model)."""
+        return all(type(c) is ClassicCache for c in self.all)
 
     def shared_view(self) -> "CacheSet":
         view = CacheSet.__new__(CacheSet)

@@ -45,7 +45,7 @@ class Worker:
         # --batch-prompts: compatible queued prompts run as a group (executor/prompt_groups.py)
         self.batch_prompts = batch_prompts and executor.caches.shares_across_prompts()
         if batch_prompts and not self.batch_prompts:
-            log.warning("--batch-prompts needs the classic or no cache: prompts run one at a time")
+            log.warning("--batch-prompts needs the classic cache: prompts run one at a time")
         self.running: dict[str, _Running] = {}  # prompt id -> who submitted it, its executor
         self.batch_stats = {"groups": 0, "prompts": 0, "model_batches": 0, "largest_batch": 0}
         self._running_lock = threading.Lock()

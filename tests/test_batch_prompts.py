@@ -368,3 +368,14 @@ async def test_interrupting_one_prompt_of_a_group_leaves_the_others(aiohttp_clie
     status = {i: history[i]["status"] for i in ids}
     assert [m[0] for m in status[victim]["messages"]][-1] == "execution_interrupted"
     assert all(status[i]["status_str"] == "success" for i in ids if i != victim), status
+
+
+def test_batching_needs_the_classic_cache(make_args):
+    """Members share loaded models through the classic cache; with another cache policy the
+    flag falls back to one prompt at a time."""
+    from server.app import create_app
+    from server.app_keys import WORKER
+    assert create_app(make_args("--batch-prompts"))[WORKER].batch_prompts is True
+    assert create_app(make_args())[WORKER].batch_prompts is False
+    for flags in (("--cache-none",), ("--cache-lru", "10")):
+        assert create_app(make_args("--batch-prompts", *flags))[WORKER].batch_prompts is False

@@ -99,6 +99,10 @@ def test_model_management_interrupt_and_devices(make_args):
         mm.throw_exception_if_processing_interrupted()
     assert not mm.processing_interrupted()  # raising clears the flag
     mm.interrupt_current_processing(False)
+    assert mm.force_channels_last() is False
+    create_app(make_args("--force-channels-last"))
+    assert mm.force_channels_last() is True
+    create_app(make_args())
 
 
 def test_utils_progress_hook_and_files(tmp_path):

@@ -169,6 +169,11 @@ def is_device_mps(device) -> bool:
     return False
 
 
+def force_channels_last() -> bool:
+    """--force-channels-last (custom nodes ask before converting their own modules)."""
+    return devices.settings().channels_last
+
+
 def get_free_memory(dev=None, torch_free_too=False):
     dev = devices.resolve(get_torch_device() if dev is None else dev)
     free = dev.free_memory()
