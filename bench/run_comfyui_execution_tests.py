@@ -1,6 +1,8 @@
 """Run ComfyUI 0.8.0's own execution tests (tests/execution/) against comfyd.
 
     python bench/run_comfyui_execution_tests.py /path/to/ComfyUI [pytest args...]
+    COMFYD_EXTRA_FLAGS="--batch-prompts" python bench/run_comfyui_execution_tests.py ...  (comfyd flags added
+    to every server the tests start)
 
 The ComfyUI checkout only provides the tests and their testing_nodes pack; nothing of it is
 copied into this repository. A scratch folder gets the tests plus a main.py that starts
@@ -19,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ComfyUI keeps history in memory, so each test class's fresh server starts with none; comfyd
 # keeps it in user/__comfyd. Every start therefore gets its own empty user directory.
-MAIN = f"""import sys, tempfile
+MAIN = f"""import os, sys, tempfile
 sys.path.insert(0, {ROOT!r})
 from server.main import main
-argv = sys.argv[1:]
+argv = sys.argv[1:] + os.environ.get("COMFYD_EXTRA_FLAGS", "").split()
 if "--user-directory" not in argv:
     argv += ["--user-directory", tempfile.mkdtemp(prefix="user-", dir="scratch")]
 main(argv)
