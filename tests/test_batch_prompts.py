@@ -360,6 +360,8 @@ async def test_interrupting_one_prompt_of_a_group_leaves_the_others(aiohttp_clie
     while not done.issuperset(ids):
         m = json.loads((await asyncio.wait_for(ws.receive(), 120)).data)
         if not interrupted and m["type"] == "progress" and m["data"]["prompt_id"] == victim:
+            running = (await (await client.get("/queue")).json())["queue_running"]
+            assert {r[1] for r in running} == set(ids)  # the whole group shows as running
             await client.post("/interrupt", data=json.dumps({"prompt_id": victim}))
             interrupted = True
         if m["type"] == "executing" and m["data"]["node"] is None:
