@@ -25,7 +25,8 @@ from models.sampling.model_sampling import DiscreteSchedule
 from models.sampling.samplers import SAMPLER_NAMES, get_sampler
 from models.sampling.samplers_advanced import sample_euler_pp, sample_lcm_upscale
 
-MU, S = 0.7, 0.5
+from tests import test_samplers_analytic as analytic
+
 
 # Samplers whose step-size control needs a value from the GPU: the adaptive controller
 # accepts or rejects each step from the error norm of the latent (one sync per step).
@@ -133,21 +134,13 @@ def _plain(t):
     return t.as_subclass(torch.Tensor) if isinstance(t, Tensor) else t
 
 
-class GaussianDenoiser:
+class GaussianDenoiser(analytic.GaussianDenoiser):
     """The ideal denoiser for N(MU, S^2) data; arms the sync check on its first call."""
-
-    def __init__(self):
-        self.model_sampling = DiscreteSchedule()
 
     def __call__(self, x, sigma, **kwargs):
         _armed["on"] = True
         assert isinstance(x, DeviceTensor) is isinstance(sigma, DeviceTensor), "sigma not on x's device"
-        sig = sigma.view(-1, *([1] * (x.ndim - 1)))
-        denoised = (x * S ** 2 + MU * sig ** 2) / (S ** 2 + sig ** 2)
-        for fn in kwargs.get("model_options", {}).get("sampler_post_cfg_function", []):
-            denoised = fn({"denoised": denoised, "cond_denoised": denoised, "uncond_denoised": denoised,
-                           "sigma": sigma, "input": x})
-        return denoised
+        return super().__call__(x, sigma, **kwargs)
 
 
 @pytest.fixture(autouse=True)
