@@ -13,7 +13,11 @@ Speed, with the numbers of the plain path (tests/test_attention_speed.py):
   `to_q/to_k/to_v.weight`, and LoRA patches written in place are seen at once. A weight
   swapped for another tensor (a widening patch, a restore, a move between devices) breaks
   the adjacency, and the next call re-fuses; weights not on the input's device (streamed per
-  call with --lowvram) or of mixed dtypes run as three matmuls. On CUDA by default.
+  call with --lowvram) or of mixed dtypes run as three matmuls. Cross-attention fuses its
+  k and v projections of the text context the same way. On CUDA by default.
+- per-call Python: the transformer block goes straight through when no patch is set, and
+  the Sequential wrappers (to_out, ff.net) are stepped over to their layers (the Identity
+  entries are dropout slots); the state-dict keys stay those of the checkpoints.
 - SDPA backends: on CUDA the fused kernels come first (flash, memory-efficient, cuDNN), the
   math kernel last; the choice for each dtype/head size is logged once.
 """
@@ -76,8 +80,10 @@ def fused_weight(linears, x: torch.Tensor) -> torch.Tensor | None:
                 w.device != w0.device or w.dtype != w0.dtype or w.shape[1:] != w0.shape[1:] for w in ws):
             return None
         _fuse(ws)
-    rows = sum(w.shape[0] for w in ws)
-    return w0.detach().as_strided((rows,) + tuple(w0.shape[1:]), w0.stride())
+    rows = 0
+    for w in ws:
+        rows += w.shape[0]
+    return w0.as_strided((rows,) + tuple(w0.shape[1:]), w0.stride())  # inference weights: no detach needed
 
 
 # -- scaled dot-product attention ------------------------------------------------------------
@@ -134,7 +140,9 @@ def attention(q, k, v, heads: int, mask=None) -> torch.Tensor:
     kernels already accumulate the softmax in fp32 (the flag only reaches patches)."""
     b, _, inner = q.shape
     d = inner // heads
-    q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    q = q.view(b, -1, heads, d).transpose(1, 2)
+    k = k.view(b, -1, heads, d).transpose(1, 2)
+    v = v.view(b, -1, heads, d).transpose(1, 2)
     if mask is not None:
         if mask.ndim == 2:
             mask = mask.unsqueeze(0)
@@ -160,23 +168,31 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(ops.Linear(inner, query_dim, device=device), nn.Identity())
 
     def forward(self, x, context=None, value=None, mask=None):
+        m = self._modules
         context = x if context is None else context
         value = context if value is None else value
-        qkv = self._fused_qkv(x) if context is x and value is x else None
+        fuse = x.device.type in _FUSED_QKV_DEVICES and not torch.compiler.is_compiling()
+        if fuse and context is x and value is x:
+            qkv = self._fused((m["to_q"], m["to_k"], m["to_v"]), x)
+        else:
+            qkv = None
         if qkv is not None:
             q, k, v = qkv
         else:
-            q, k, v = self.to_q(x), self.to_k(context), self.to_v(value)
-        return self.to_out(attention(q, k, v, self.heads, mask))
+            q = m["to_q"](x)
+            kv = self._fused((m["to_k"], m["to_v"]), context) if fuse and value is context else None
+            k, v = kv if kv is not None else (m["to_k"](context), m["to_v"](value))
+        # to_out is Sequential(Linear, Identity): the Linear alone (the Identity is a dropout slot)
+        return m["to_out"]._modules["0"](attention(q, k, v, self.heads, mask))
 
-    def _fused_qkv(self, x):
-        """Self-attention's q, k, v from one matmul, or None (off for this device, compiling)."""
-        if x.device.type not in _FUSED_QKV_DEVICES or torch.compiler.is_compiling():
-            return None
-        w = fused_weight((self.to_q, self.to_k, self.to_v), x)
+    @staticmethod
+    def _fused(linears, x):
+        """The projections of x by `linears` from one matmul (self-attention's q, k, v;
+        cross-attention's k, v of the text context), or None where they cannot be fused."""
+        w = fused_weight(linears, x)
         if w is None:
             return None
-        return F.linear(x, ops.cast_like(w, x)).chunk(3, dim=-1)
+        return F.linear(x, ops.cast_like(w, x)).chunk(len(linears), dim=-1)
 
 
 class GEGLU(nn.Module):
@@ -198,7 +214,8 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(GEGLU(dim, inner, device=device), nn.Identity(), ops.Linear(inner, dim, device=device))
 
     def forward(self, x):
-        return self.net(x)
+        net = self._modules["net"]._modules  # GEGLU, Identity (dropout slot), Linear
+        return net["2"](net["0"](x))
 
 
 def _run_patches(patches, name, *args):
@@ -224,6 +241,11 @@ class BasicTransformerBlock(nn.Module):
         opts = transformer_options or {}
         patches = opts.get("patches", {})
         replace = opts.get("patches_replace", {})
+        m = self._modules
+        if not patches and not replace:  # no patch point in use: straight through
+            x = m["attn1"](m["norm1"](x)) + x
+            x = m["attn2"](m["norm2"](x), context=context) + x
+            return m["ff"](m["norm3"](x)) + x
         extra = {k: v for k, v in opts.items() if k not in ("patches", "patches_replace")}
         extra.update(n_heads=self.heads, dim_head=self.dim_head, attn_precision=self.precision)
         block = opts.get("block")
@@ -289,10 +311,12 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=context, transformer_options=opts)
         if self.use_linear:
             x = self.proj_out(x)
-        # back to the input's layout: NHWC tokens are already channels_last, no copy then
-        nhwc = x_in.is_contiguous(memory_format=torch.channels_last) and not x_in.is_contiguous()
         x = x.reshape(b, h, w, x.shape[-1]).movedim(3, 1)
+        if self.use_linear:
+            # the residual add reads the NHWC tokens in place and writes the input's layout
+            # (x_in first decides it): no separate layout copy
+            return x_in + x
+        # back to the input's layout for the 1x1 conv: NHWC tokens are already channels_last
+        nhwc = x_in.is_contiguous(memory_format=torch.channels_last) and not x_in.is_contiguous()
         x = x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-        if not self.use_linear:
-            x = self.proj_out(x)
-        return x + x_in
+        return self.proj_out(x) + x_in

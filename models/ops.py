@@ -22,24 +22,54 @@ def cast_like(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return t.to(device=x.device, dtype=x.dtype)
 
 
+def weight_and_bias(module: nn.Module, x: torch.Tensor):
+    """The module's weight and bias in x's dtype and on x's device. The layers below inline
+    the common case (both already match: no cast, no Python call) and call this otherwise."""
+    p = module._parameters
+    return cast_like(p["weight"], x), cast_like(p["bias"], x)
+
+
+# The forwards read `_parameters` directly (nn.Module.__getattr__ is a Python call per
+# attribute) and skip the cast when dtype and device already match: hundreds of layers run
+# per UNet call, so the per-layer Python cost is a visible part of a small-image step.
+
 class Linear(nn.Linear):
     def forward(self, x):
-        return F.linear(x, cast_like(self.weight, x), cast_like(self.bias, x))
+        p = self._parameters
+        w, b = p["weight"], p["bias"]
+        if w.dtype != x.dtype or w.device != x.device or (b is not None and (b.dtype != x.dtype or b.device != x.device)):
+            w, b = weight_and_bias(self, x)
+        return F.linear(x, w, b)
 
 
 class Conv2d(nn.Conv2d):
     def forward(self, x):
-        return self._conv_forward(x, cast_like(self.weight, x), cast_like(self.bias, x))
+        p = self._parameters
+        w, b = p["weight"], p["bias"]
+        if w.dtype != x.dtype or w.device != x.device or (b is not None and (b.dtype != x.dtype or b.device != x.device)):
+            w, b = weight_and_bias(self, x)
+        if self.padding_mode != "zeros":
+            return self._conv_forward(x, w, b)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 
 class GroupNorm(nn.GroupNorm):
     def forward(self, x):
-        return F.group_norm(x, self.num_groups, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
+        p = self._parameters
+        w, b = p["weight"], p["bias"]
+        if w is not None and (w.dtype != x.dtype or w.device != x.device or b.dtype != x.dtype or b.device != x.device):
+            w, b = weight_and_bias(self, x)
+        # torch.group_norm: F.group_norm's batch-size check in Python is the same check ATen makes
+        return torch.group_norm(x, self.num_groups, w, b, self.eps)
 
 
 class LayerNorm(nn.LayerNorm):
     def forward(self, x):
-        return F.layer_norm(x, self.normalized_shape, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
+        p = self._parameters
+        w, b = p["weight"], p["bias"]
+        if w is not None and (w.dtype != x.dtype or w.device != x.device or (b is not None and (b.dtype != x.dtype or b.device != x.device))):
+            w, b = weight_and_bias(self, x)
+        return torch.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 class Embedding(nn.Embedding):

@@ -43,11 +43,31 @@ def to_channels_last(convs) -> None:
             w.data = w.data.contiguous(memory_format=torch.channels_last)
 
 
+_FREQS: dict = {}  # (half, max_period, device) -> the embedding's frequencies
+
+
+def _frequencies(half: int, max_period: int, device) -> torch.Tensor:
+    """exp(-ln(max_period) * i / half), made once per device (not an arange + exp per call).
+    Made outside inference mode so the cached tensor is a normal one wherever it is used."""
+    key = (half, max_period, device)
+    freqs = _FREQS.get(key)
+    if freqs is None:
+        with torch.inference_mode(False), torch.no_grad():
+            freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
+        _FREQS[key] = freqs
+    return freqs
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding, cos half first then sin half (float32)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    args = timesteps[:, None].float() * freqs[None]
+    if torch.compiler.is_compiling():  # a constant the graph makes itself, no cached tensor to guard on
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    else:
+        freqs = _frequencies(half, max_period, timesteps.device)
+    if timesteps.dtype != torch.float32:
+        timesteps = timesteps.float()
+    args = timesteps.unsqueeze(1) * freqs
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
@@ -67,10 +87,21 @@ class ResBlock(nn.Module):
         else:
             self.skip_connection = ops.Conv2d(channels, out_channels, 1, device=device)
 
-    def forward(self, x, emb):
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+    def forward(self, x, emb, emb_silu=None):
+        """emb_silu: silu(emb) when the caller already has it (the UNet computes it once for
+        all its ResBlocks). The Sequentials are kept for the checkpoint keys, but their
+        norm/conv/linear layers are called directly: the SiLU, Identity (dropout) and
+        Sequential module calls cost Python time per block and compute nothing more."""
+        m = self._modules
+        inl, embl, outl = m["in_layers"]._modules, m["emb_layers"]._modules, m["out_layers"]._modules
+        h = inl["2"](F.silu(inl["0"](x)))
+        e = embl["1"](F.silu(emb) if emb_silu is None else emb_silu)
+        if e.dtype != h.dtype:
+            e = e.to(h.dtype)
+        h = h + e.view(e.shape[0], e.shape[1], 1, 1)
+        h = outl["3"](F.silu(outl["0"](h)))
+        skip = m["skip_connection"]
+        return (x if type(skip) is nn.Identity else skip(x)) + h
 
 
 class Downsample(nn.Module):
@@ -96,10 +127,10 @@ class Upsample(nn.Module):
 class UNetBlock(nn.ModuleList):
     """One entry of input_blocks / middle_block / output_blocks: its layers in order."""
 
-    def forward(self, x, emb, context, transformer_options, output_shape=None):
+    def forward(self, x, emb, context, transformer_options, output_shape=None, emb_silu=None):
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = layer(x, emb, emb_silu)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context, transformer_options)
                 transformer_options["transformer_index"] = transformer_options.get("transformer_index", 0) + 1
@@ -206,18 +237,21 @@ class UNetModel(nn.Module):
         if (y is not None) != bool(self.adm_in_channels):
             raise ValueError("the ADM vector y must be given exactly when the UNet has a label embedding")
 
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+        t_emb = timestep_embedding(timesteps, self.model_channels)
+        emb = self.time_embed(t_emb if t_emb.dtype == x.dtype else t_emb.to(x.dtype))
         for p in patches.get("emb_patch", []):
             emb = p(emb, self.model_channels, opts)
         if y is not None:
-            emb = emb + self.label_emb(y.to(x.dtype))
+            emb = emb + self.label_emb(y if y.dtype == x.dtype else y.to(x.dtype))
+        emb_silu = F.silu(emb)  # every ResBlock's emb_layers starts with it: once per call
 
         skips = []
         h = x
         for i, block in enumerate(self.input_blocks):
             opts["block"] = ("input", i)
-            h = block(h, emb, context, opts)
-            h = add_control(h, control, "input")
+            h = block(h, emb, context, opts, emb_silu=emb_silu)
+            if control is not None:
+                h = add_control(h, control, "input")
             for p in patches.get("input_block_patch", []):
                 h = p(h, opts)
             skips.append(h)
@@ -226,15 +260,21 @@ class UNetModel(nn.Module):
 
         opts["block"] = ("middle", 0)
         if self.middle_block is not None:
-            h = self.middle_block(h, emb, context, opts)
-        h = add_control(h, control, "middle")
+            h = self.middle_block(h, emb, context, opts, emb_silu=emb_silu)
+        if control is not None:
+            h = add_control(h, control, "middle")
 
         for i, block in enumerate(self.output_blocks):
             opts["block"] = ("output", i)
-            skip = add_control(skips.pop(), control, "output")
+            skip = skips.pop()
+            if control is not None:
+                skip = add_control(skip, control, "output")
             for p in patches.get("output_block_patch", []):
                 h, skip = p(h, skip, opts)
             h = torch.cat([h, skip], dim=1)
-            h = block(h, emb, context, opts, output_shape=skips[-1].shape if skips else None)
-        out = self.out(h.to(x.dtype))
+            h = block(h, emb, context, opts, output_shape=skips[-1].shape if skips else None, emb_silu=emb_silu)
+        if h.dtype != x.dtype:
+            h = h.to(x.dtype)
+        out = self.out._modules  # GroupNorm, SiLU, Conv2d called directly (no Sequential/SiLU module calls)
+        out = out["2"](F.silu(out["0"](h)))
         return out.contiguous() if nhwc else out
