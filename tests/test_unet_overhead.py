@@ -16,28 +16,9 @@ import torch.nn.functional as F
 from models import attention, ops, unet
 from models.attention import BasicTransformerBlock, CrossAttention
 from models.unet import ResBlock, timestep_embedding
+from tests.test_attention_speed import _init, fused_on_cpu, g  # noqa: F401 (fused_on_cpu: a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def g(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _init(module, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return module.requires_grad_(False)
-
-
-@pytest.fixture
-def fused_on_cpu():
-    torch.set_num_threads(1)
-    previous = attention.set_fused_qkv({"cpu"})
-    yield
-    attention.set_fused_qkv(previous)
 
 
 def test_cross_attention_fuses_k_and_v_of_the_context(fused_on_cpu):
