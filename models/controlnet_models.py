@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
-from models.attention import SpatialTransformer, attention
-from models.unet import Downsample, ResBlock, UNetBlock, timestep_embedding
+from models.attention import attention
+from models.unet import Downsample, ResBlock, UNetBlock, embedders, timestep_embedding, transformer_maker
 
 
 def _zero_conv(channels, device):
@@ -90,19 +90,11 @@ class ControlNetModel(nn.Module):
         c = config
         self.config = c
         mc = self.model_channels = c.model_channels
-        emb_dim = mc * 4
-        self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim, device=device), nn.SiLU(),
-                                        ops.Linear(emb_dim, emb_dim, device=device))
+        emb_dim, self.time_embed, label_emb = embedders(c, device)
         self.adm_in_channels = c.adm_in_channels
-        if c.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                ops.Linear(c.adm_in_channels, emb_dim, device=device), nn.SiLU(),
-                ops.Linear(emb_dim, emb_dim, device=device)))
-
-        def transformer(ch, depth):
-            heads, dim_head = c.heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer,
-                                      c.attn_precision, device)
+        if label_emb is not None:
+            self.label_emb = label_emb
+        transformer = transformer_maker(c, device)
 
         self.input_hint_block = _hint_block(hint_channels, mc, device)
         self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)])])

@@ -157,6 +157,28 @@ def add_control(h, control, name):
             logging.warning("control residual %s could not be applied to %s", tuple(residual.shape), tuple(h.shape))
     return h
 
+def embedders(c, device=None):
+    """(embedding width, time_embed, label_emb or None) with the checkpoints' key layout; the
+    UNet and its ControlNet build the same ones."""
+    mc = c.model_channels
+    emb_dim = mc * 4
+    time_embed = nn.Sequential(ops.Linear(mc, emb_dim, device=device), nn.SiLU(),
+                               ops.Linear(emb_dim, emb_dim, device=device))
+    label_emb = None
+    if c.adm_in_channels:
+        label_emb = nn.Sequential(nn.Sequential(ops.Linear(c.adm_in_channels, emb_dim, device=device), nn.SiLU(),
+                                                ops.Linear(emb_dim, emb_dim, device=device)))
+    return emb_dim, time_embed, label_emb
+
+
+def transformer_maker(c, device=None):
+    """transformer(channels, depth) -> the SpatialTransformer the config asks for at that width."""
+    def transformer(ch, depth):
+        heads, dim_head = c.heads_for(ch)
+        return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer,
+                                  c.attn_precision, device)
+    return transformer
+
 
 class UNetModel(nn.Module):
     def __init__(self, config, device=None):
@@ -164,19 +186,11 @@ class UNetModel(nn.Module):
         c = config
         self.config = c
         mc = self.model_channels = c.model_channels
-        emb_dim = mc * 4
-        self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim, device=device), nn.SiLU(),
-                                        ops.Linear(emb_dim, emb_dim, device=device))
+        emb_dim, self.time_embed, label_emb = embedders(c, device)
         self.adm_in_channels = c.adm_in_channels
-        if c.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                ops.Linear(c.adm_in_channels, emb_dim, device=device), nn.SiLU(),
-                ops.Linear(emb_dim, emb_dim, device=device)))
-
-        def transformer(ch, depth):
-            heads, dim_head = c.heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer,
-                                      c.attn_precision, device)
+        if label_emb is not None:
+            self.label_emb = label_emb
+        transformer = transformer_maker(c, device)
 
         depth_in = list(c.transformer_depth)
         self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)])])
