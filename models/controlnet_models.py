@@ -22,7 +22,7 @@ from torch import nn
 
 from models import ops
 from models.attention import attention
-from models.unet import Downsample, ResBlock, UNetBlock, embedders, timestep_embedding, transformer_maker
+from models.unet import ResBlock, UNetBlock, build_input_blocks, setup_embedding, timestep_embedding
 
 
 def _zero_conv(channels, device):
@@ -88,31 +88,13 @@ class ControlNetModel(nn.Module):
     def __init__(self, config, hint_channels: int, device=None, union_types: int | None = None):
         super().__init__()
         c = config
-        self.config = c
-        mc = self.model_channels = c.model_channels
-        emb_dim, self.time_embed, label_emb = embedders(c, device)
-        self.adm_in_channels = c.adm_in_channels
-        if label_emb is not None:
-            self.label_emb = label_emb
-        transformer = transformer_maker(c, device)
+        mc, emb_dim, transformer = setup_embedding(self, c, device)
 
         self.input_hint_block = _hint_block(hint_channels, mc, device)
-        self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)])])
-        self.zero_convs = nn.ModuleList([_zero_conv(mc, device)])
-        depths = list(c.transformer_depth)
-        ch = mc
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks[level]):
-                layers = [ResBlock(ch, emb_dim, mult * mc, device)]
-                ch = mult * mc
-                depth = depths.pop(0)
-                if depth > 0:
-                    layers.append(transformer(ch, depth))
-                self.input_blocks.append(UNetBlock(layers))
-                self.zero_convs.append(_zero_conv(ch, device))
-            if level != len(c.channel_mult) - 1:
-                self.input_blocks.append(UNetBlock([Downsample(ch, device)]))
-                self.zero_convs.append(_zero_conv(ch, device))
+        blocks = list(build_input_blocks(c, emb_dim, transformer, device))
+        self.input_blocks = nn.ModuleList(block for block, _ in blocks)
+        self.zero_convs = nn.ModuleList(_zero_conv(ch, device) for _, ch in blocks)
+        ch = blocks[-1][1]
 
         layers = [ResBlock(ch, emb_dim, ch, device)]
         if c.transformer_depth_middle >= 0:

@@ -157,9 +157,8 @@ def add_control(h, control, name):
             logging.warning("control residual %s could not be applied to %s", tuple(residual.shape), tuple(h.shape))
     return h
 
-def embedders(c, device=None):
-    """(embedding width, time_embed, label_emb or None) with the checkpoints' key layout; the
-    UNet and its ControlNet build the same ones."""
+def _embedders(c, device=None):
+    """(embedding width, time_embed, label_emb or None) in the checkpoints' key layout."""
     mc = c.model_channels
     emb_dim = mc * 4
     time_embed = nn.Sequential(ops.Linear(mc, emb_dim, device=device), nn.SiLU(),
@@ -171,43 +170,51 @@ def embedders(c, device=None):
     return emb_dim, time_embed, label_emb
 
 
-def transformer_maker(c, device=None):
-    """transformer(channels, depth) -> the SpatialTransformer the config asks for at that width."""
+def setup_embedding(model: nn.Module, c, device=None):
+    """What the UNet and its ControlNet both start with: the config, the time (and ADM label)
+    embedders, and the transformer factory. Returns (model channels, embedding width,
+    transformer(channels, depth))."""
+    model.config = c
+    mc = model.model_channels = c.model_channels
+    emb_dim, model.time_embed, label_emb = _embedders(c, device)
+    model.adm_in_channels = c.adm_in_channels
+    if label_emb is not None:
+        model.label_emb = label_emb
+
     def transformer(ch, depth):
         heads, dim_head = c.heads_for(ch)
         return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer,
                                   c.attn_precision, device)
-    return transformer
+    return mc, emb_dim, transformer
+
+
+def build_input_blocks(c, emb_dim: int, transformer, device=None):
+    """The encoder half both networks share: (UNetBlock, its output channels), stem conv first."""
+    mc = c.model_channels
+    yield UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)]), mc
+    depths = list(c.transformer_depth)
+    ch = mc
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks[level]):
+            layers = [ResBlock(ch, emb_dim, mult * mc, device)]
+            ch = mult * mc
+            depth = depths.pop(0)
+            if depth > 0:
+                layers.append(transformer(ch, depth))
+            yield UNetBlock(layers), ch
+        if level != len(c.channel_mult) - 1:
+            yield UNetBlock([Downsample(ch, device)]), ch
 
 
 class UNetModel(nn.Module):
     def __init__(self, config, device=None):
         super().__init__()
         c = config
-        self.config = c
-        mc = self.model_channels = c.model_channels
-        emb_dim, self.time_embed, label_emb = embedders(c, device)
-        self.adm_in_channels = c.adm_in_channels
-        if label_emb is not None:
-            self.label_emb = label_emb
-        transformer = transformer_maker(c, device)
-
-        depth_in = list(c.transformer_depth)
-        self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(c.in_channels, mc, 3, padding=1, device=device)])])
-        skip_channels = [mc]
-        ch = mc
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks[level]):
-                layers = [ResBlock(ch, emb_dim, mult * mc, device)]
-                ch = mult * mc
-                depth = depth_in.pop(0)
-                if depth > 0:
-                    layers.append(transformer(ch, depth))
-                self.input_blocks.append(UNetBlock(layers))
-                skip_channels.append(ch)
-            if level != len(c.channel_mult) - 1:
-                self.input_blocks.append(UNetBlock([Downsample(ch, device)]))
-                skip_channels.append(ch)
+        mc, emb_dim, transformer = setup_embedding(self, c, device)
+        blocks = list(build_input_blocks(c, emb_dim, transformer, device))
+        self.input_blocks = nn.ModuleList(block for block, _ in blocks)
+        skip_channels = [ch for _, ch in blocks]
+        ch = skip_channels[-1]
 
         self.middle_block = None
         if c.transformer_depth_middle >= -1:  # -1: a single ResBlock, -2: no middle block
