@@ -58,6 +58,7 @@ class GroupRun:
     def __init__(self, worker, first_job, first_item_id):
         self.worker = worker
         self.signature = batch_signature(first_job[2])
+        self._signatures: dict = {}  # prompt id -> batch_signature of a queued job already looked at
         self.group = prompt_batching.Group()
         self.threads: list[threading.Thread] = []
         self.views: list = []  # the members' cache views, in the order they finished
@@ -74,7 +75,10 @@ class GroupRun:
                 self._start(job, item_id)
 
     def _matches(self, job) -> bool:
-        return self.signature is not None and batch_signature(job[2]) == self.signature
+        # the queue's head is asked again at every poll while it waits: its signature is kept
+        if job[1] not in self._signatures:
+            self._signatures[job[1]] = batch_signature(job[2])
+        return self.signature is not None and self._signatures[job[1]] == self.signature
 
     def run(self) -> None:
         """Admit matching queued jobs while members run; return when all are done."""
