@@ -52,7 +52,7 @@ class Member:
             finally:
                 _local.member = None
                 self.state = DONE
-                g._others_busy(None)  # takes in newcomers, so this member is in the list
+                g.take_in_newcomers()  # this member may still be among them
                 g.members.remove(self)
                 g.settle()
                 g.cv.notify_all()
@@ -88,10 +88,14 @@ class Group:
         with self._joining_lock:
             return len(self.members) + len(self._joining)
 
-    def _others_busy(self, me: Member | None) -> bool:
-        with self._joining_lock:  # newcomers count as busy from now on
+    def take_in_newcomers(self) -> None:
+        """Members the worker added since the last look join the list (busy, until they wait)."""
+        with self._joining_lock:
             self.members.extend(self._joining)
             self._joining.clear()
+
+    def _others_busy(self, me: Member | None) -> bool:
+        self.take_in_newcomers()
         return any(m.state == BUSY and m is not me for m in self.members)
 
     def settle(self, me: Member | None = None) -> None:
